@@ -1,0 +1,50 @@
+"""Forward throughput of each architecture on the CPU: fp32 contiguous vs channels_last.
+
+Run: python benchmarks/bench_archs.py [--size 256] [--repeats 5]
+Prints megapixels/s per arch (median of repeats) and the channels_last/contiguous ratio,
+both measured side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from deblurcli.archs import create, list_archs
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    x = torch.rand(1, 3, args.size, args.size)
+    mp = args.size * args.size / 1e6
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size}² input")
+    print(f"{'arch':<14}{'fp32 MP/s':>12}{'ch_last MP/s':>14}{'ratio':>8}")
+    for name in list_archs():
+        model = create(name)
+        model.eval()
+        with torch.inference_mode():
+            base = _median_seconds(lambda m=model: m(x), args.repeats)
+            cl_model = model.to(memory_format=torch.channels_last)
+            cl_x = x.contiguous(memory_format=torch.channels_last)
+            cl = _median_seconds(lambda m=cl_model: m(cl_x), args.repeats)
+        print(f"{name:<14}{mp / base:>12.3f}{mp / cl:>14.3f}{base / cl:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()

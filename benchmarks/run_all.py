@@ -1,0 +1,14 @@
+"""Run every ``bench_*.py`` in this folder, one after another, with default arguments."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    failed = 0
+    for script in sorted(Path(__file__).parent.glob("bench_*.py")):
+        print(f"\n=== {script.name}", flush=True)
+        failed |= subprocess.call([sys.executable, str(script)])
+    sys.exit(failed)

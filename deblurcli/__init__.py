@@ -1,0 +1,27 @@
+"""deblurcli: image deblurring with six published architectures.
+
+Python API (the CLI is a thin layer over it)::
+
+    from deblurcli import create_model, load_model, list_archs
+    model = load_model("runs/edgenet/model.safetensors")
+"""
+
+from deblurcli.archs import create as create_model
+from deblurcli.archs import get_spec, list_archs
+from deblurcli.errors import DeblurError
+from deblurcli.imageio import read_image, write_image
+from deblurcli.weights import load_checkpoint, save_checkpoint
+from deblurcli.weights.resolve import load_model
+
+__version__ = "0.1.0"
+__all__ = [
+    "DeblurError",
+    "create_model",
+    "get_spec",
+    "list_archs",
+    "load_checkpoint",
+    "load_model",
+    "read_image",
+    "save_checkpoint",
+    "write_image",
+]

@@ -1,0 +1,3 @@
+from deblurcli.cli import main
+
+main()

@@ -1,0 +1,117 @@
+"""The architecture registry: the single place that knows the model names.
+
+Each architecture module decorates its model class with :func:`register_arch`, passing an
+:class:`ArchSpec` that tells the rest of the tool how to build and run it (default config,
+size multiple, safe half precisions, recommended tile overlap). Inspired by timm's
+``register_model`` and BasicSR's ``ARCH_REGISTRY``; spandrel's per-architecture descriptors
+motivated the size and precision fields.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from deblurcli.errors import UnknownArchError
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How to build and run one architecture."""
+
+    name: str
+    title: str
+    source: str
+    default_config: dict[str, Any]
+    size_multiple: int = 1
+    fp16_safe: bool = True
+    bf16_safe: bool = True
+    tile_overlap: int = 32
+    tiny_config: dict[str, Any] = field(default_factory=dict)
+    discriminator: Callable[..., nn.Module] | None = None
+
+    def size_rule(self) -> str:
+        if self.size_multiple <= 1:
+            return "any H×W"
+        return f"any H×W (padded to a multiple of {self.size_multiple})"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    spec: ArchSpec
+    builder: Callable[..., nn.Module]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register_arch(spec: ArchSpec) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator that registers a model class under ``spec.name``."""
+
+    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        if spec.name in _REGISTRY:
+            raise ValueError(f"architecture {spec.name!r} registered twice")
+        _REGISTRY[spec.name] = _Entry(spec=spec, builder=cls)
+        cls.arch_spec = spec  # type: ignore[attr-defined]
+        return cls
+
+    return decorator
+
+
+def list_archs() -> list[str]:
+    """Registered architecture names, in registration order."""
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> ArchSpec:
+    """The :class:`ArchSpec` of ``name``; an unknown name is a one-line user error."""
+    try:
+        return _REGISTRY[name].spec
+    except KeyError:
+        known = ", ".join(_REGISTRY)
+        raise UnknownArchError(f"unknown architecture {name!r}; known: {known}") from None
+
+
+def resolve_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The default config of ``name`` updated with ``overrides`` (unknown keys rejected)."""
+    spec = get_spec(name)
+    config = copy.deepcopy(spec.default_config)
+    unknown = sorted(set(overrides) - set(config))
+    if unknown:
+        raise UnknownArchError(
+            f"{name}: unknown config key(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(config))}"
+        )
+    config.update(overrides)
+    return config
+
+
+def create(name: str, **config: Any) -> nn.Module:
+    """Build architecture ``name`` with its default config updated by ``config``."""
+    full = resolve_config(name, **config)
+    model = _REGISTRY[name].builder(**full)
+    model.arch_name = name  # type: ignore[assignment]
+    model.arch_config = full  # type: ignore[assignment]
+    return model
+
+
+def create_discriminator(name: str, **kwargs: Any) -> nn.Module | None:
+    """The adversarial critic that ``name``'s recipe trains against, or None if it has none."""
+    factory = get_spec(name).discriminator
+    return factory(**kwargs) if factory is not None else None
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def default_parameter_count(name: str) -> int:
+    """Parameter count of the default config, built on the meta device (no memory, no I/O)."""
+    with torch.device("meta"):
+        model = create(name)
+    return count_parameters(model)

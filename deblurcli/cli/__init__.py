@@ -1,0 +1,30 @@
+"""The ``deblur`` command: a thin Typer layer over the Python API."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from deblurcli.cli import blur, evaluate, models, restore, train, weights
+from deblurcli.cli._common import PENDING_CONTEXT
+
+app = typer.Typer(
+    name="deblur",
+    help="Deblur photos, synthesize blurred datasets, train and evaluate deblurring models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("blur", context_settings=PENDING_CONTEXT)(blur.blur)
+app.command("train", context_settings=PENDING_CONTEXT)(train.train)
+app.command("eval", context_settings=PENDING_CONTEXT)(evaluate.evaluate)
+app.command("restore", context_settings=PENDING_CONTEXT)(restore.restore)
+app.command("models")(models.models)
+app.add_typer(weights.app, name="weights")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    app()

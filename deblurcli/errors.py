@@ -1,0 +1,41 @@
+"""User-facing errors.
+
+Anything a user can cause (bad path, corrupt image, unknown model, checksum mismatch,
+out of memory) is raised as a :class:`DeblurError` subclass. The CLI prints its message as
+one line and exits with ``exit_code``; library callers can catch it like any exception.
+"""
+
+from __future__ import annotations
+
+
+class DeblurError(Exception):
+    """An error whose message is meant for the user, not a traceback."""
+
+    exit_code: int = 1
+
+
+class UsageError(DeblurError):
+    """The command was given arguments that cannot work together."""
+
+    exit_code = 2
+
+
+class UnknownArchError(DeblurError, KeyError):
+    """A name that is not in the architecture registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ImageReadError(DeblurError):
+    """A file that cannot be decoded as an image."""
+
+
+class CheckpointError(DeblurError):
+    """A weights file that is missing, corrupt, untrusted or does not match its model."""
+
+
+class NotYetAvailableError(DeblurError):
+    """A feature whose implementation has not landed yet."""
+
+    exit_code = 3

@@ -1,0 +1,292 @@
+"""Image I/O shared by every command: decode, metadata, atomic encode.
+
+* EXIF orientation is applied on read; the EXIF written back has orientation reset to 1.
+* ICC profile and EXIF are kept (8-bit outputs and 16-bit grayscale).
+* 8-bit stays 8-bit; 16-bit PNG/TIFF stays 16-bit (colour 16-bit is decoded with OpenCV
+  because Pillow has no 16-bit RGB mode; 16-bit colour outputs carry no ICC/EXIF).
+* RGBA/LA: the colour is processed, alpha is carried through untouched.
+* Grayscale in → grayscale out (pixels have one channel).
+* Writes go to a temporary file in the target folder and are renamed into place, so an
+  interrupted run never leaves a truncated image where a result belongs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from deblurcli.errors import ImageReadError
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".pnm"}
+)
+_FORMAT_BY_SUFFIX = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".bmp": "BMP",
+    ".ppm": "PPM",
+    ".pgm": "PPM",
+    ".pnm": "PPM",
+}
+_SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
+_ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
+_ORIENTATION_TAG = 0x0112
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey stripe
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """Decoded pixels plus what is needed to write a faithful result.
+
+    ``pixels`` is float32 H×W×C in [0, 1] with C = 1 (grayscale) or 3 (RGB).
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None = None
+    bit_depth: int = 8
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    format: str | None = None
+
+    @property
+    def is_gray(self) -> bool:
+        return self.pixels.shape[2] == 1
+
+    def with_pixels(self, pixels: np.ndarray) -> ImageData:
+        return replace(self, pixels=pixels)
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """Raise (or with None, remove) Pillow's decompression-bomb limit."""
+    Image.MAX_IMAGE_PIXELS = limit
+
+
+def find_images(root: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
+    """Image files under ``root`` by suffix, sorted for a reproducible order."""
+    root = Path(root)
+    pattern = root.rglob("*") if recursive else root.glob("*")
+    return sorted(
+        p
+        for p in pattern
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def read_image(path: str | os.PathLike[str]) -> ImageData:
+    """Decode ``path``; any failure is an :class:`ImageReadError` naming the file."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            return _decode(path, im)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"{path}: {exc} (raise the limit with --max-pixels)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = "empty file" if path.stat().st_size == 0 else f"not a readable image ({exc})"
+        raise ImageReadError(f"{path}: {reason}") from None
+
+
+def _decode(path: Path, im: Image.Image) -> ImageData:
+    sixteen_bit_color = _is_16bit_color(im)  # the tile list is gone after load()
+    im.load()
+    exif = im.getexif()
+    orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
+    if _ORIENTATION_TAG in exif:
+        exif[_ORIENTATION_TAG] = 1
+    meta = {
+        "icc_profile": im.info.get("icc_profile"),
+        "exif": exif.tobytes() if len(exif) else None,
+        "format": im.format,
+    }
+    if sixteen_bit_color:
+        pixels, alpha, depth = _decode_16bit_color(path)
+    else:
+        pixels, alpha, depth = _decode_pillow(im)
+    pixels = _apply_orientation(pixels, orientation)
+    if alpha is not None:
+        alpha = _apply_orientation(alpha[..., None], orientation)[..., 0]
+    return ImageData(pixels=pixels, alpha=alpha, bit_depth=depth, **meta)
+
+
+def _is_16bit_color(im: Image.Image) -> bool:
+    rawmodes = [t[3][0] if isinstance(t[3], tuple) else t[3] for t in getattr(im, "tile", [])]
+    return im.mode in {"RGB", "RGBA"} and any(";16" in str(r) for r in rawmodes)
+
+
+def _decode_16bit_color(path: Path) -> tuple[np.ndarray, np.ndarray | None, int]:
+    arr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16:
+        raise OSError("cannot decode 16-bit colour data")
+    arr = arr.astype(np.float32) / 65535.0
+    if arr.ndim == 2:
+        return arr[..., None], None, 16
+    rgb = np.ascontiguousarray(arr[..., 2::-1])
+    alpha = np.ascontiguousarray(arr[..., 3]) if arr.shape[2] == 4 else None
+    return rgb, alpha, 16
+
+
+def _decode_pillow(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
+    mode = im.mode
+    if mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
+        arr = np.asarray(im).astype(np.float32)
+        depth = 16 if mode != "I" or arr.max(initial=0) > 255 else 8
+        return (arr / (65535.0 if depth == 16 else 255.0))[..., None], None, depth
+    if mode == "F":
+        return np.clip(np.asarray(im, dtype=np.float32), 0, 1)[..., None], None, 16
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode not in {"L", "LA", "RGB", "RGBA"}:
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, ...
+    arr = np.asarray(im).astype(np.float32) / 255.0
+    if im.mode == "L":
+        return arr[..., None], None, 8
+    if im.mode == "LA":
+        return arr[..., :1].copy(), arr[..., 1].copy(), 8
+    if im.mode == "RGBA":
+        return arr[..., :3].copy(), arr[..., 3].copy(), 8
+    return arr, None, 8
+
+
+def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1–8) to an H×W×C array."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+        8: lambda a: np.rot90(a, 1),
+    }
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(arr)) if op else arr
+
+
+def output_format(path: Path, fmt: str | None = None) -> str:
+    """The Pillow format name to write ``path`` in (explicit ``fmt`` wins)."""
+    if fmt:
+        return fmt.upper().replace("JPG", "JPEG").replace("TIF", "TIFF").replace("TIFFF", "TIFF")
+    try:
+        return _FORMAT_BY_SUFFIX[path.suffix.lower()]
+    except KeyError:
+        raise ImageReadError(f"{path}: unknown output image type {path.suffix!r}") from None
+
+
+def encode_image(image: ImageData, fmt: str, jpeg_quality: int = 95) -> bytes:
+    """Encode ``image`` in ``fmt`` keeping depth, alpha, ICC and EXIF where the format can."""
+    sixteen = image.bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS
+    alpha = image.alpha if fmt in _ALPHA_FORMATS else None
+    if sixteen and not image.is_gray:
+        return _encode_16bit_color(image.pixels, alpha, fmt)
+    im = _to_pillow(image.pixels, alpha, sixteen)
+    params: dict[str, object] = {}
+    if image.icc_profile:
+        params["icc_profile"] = image.icc_profile
+    if image.exif and fmt in {"JPEG", "PNG", "WEBP", "TIFF"}:
+        params["exif"] = image.exif
+    if fmt == "JPEG":
+        params.update(quality=jpeg_quality, subsampling=0 if jpeg_quality >= 90 else 2)
+    elif fmt == "WEBP":
+        params.update(quality=jpeg_quality)
+    elif fmt == "TIFF":
+        params.update(compression="tiff_deflate")
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def _quantize(arr: np.ndarray, sixteen: bool) -> np.ndarray:
+    peak = 65535.0 if sixteen else 255.0
+    out = np.rint(np.clip(arr, 0.0, 1.0) * peak)
+    return out.astype(np.uint16 if sixteen else np.uint8)
+
+
+def _to_pillow(pixels: np.ndarray, alpha: np.ndarray | None, sixteen: bool) -> Image.Image:
+    if sixteen:  # grayscale only: Pillow's 16-bit mode
+        return Image.fromarray(_quantize(pixels[..., 0], True))  # uint16 → mode I;16
+    data = pixels if alpha is None else np.concatenate([pixels, alpha[..., None]], axis=2)
+    q = _quantize(data, False)
+    if q.shape[2] == 1:
+        return Image.fromarray(q[..., 0])
+    return Image.fromarray(q)  # mode follows the channel count: LA, RGB, RGBA
+
+
+def _encode_16bit_color(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str) -> bytes:
+    bgr = _quantize(pixels[..., ::-1], True)
+    if alpha is not None:
+        bgr = np.concatenate([bgr, _quantize(alpha[..., None], True)], axis=2)
+    ok, buf = cv2.imencode(".png" if fmt == "PNG" else ".tiff", np.ascontiguousarray(bgr))
+    if not ok:
+        raise OSError(f"OpenCV could not encode a 16-bit {fmt}")
+    return buf.tobytes()
+
+
+def write_image(
+    path: str | os.PathLike[str],
+    image: ImageData,
+    *,
+    fmt: str | None = None,
+    jpeg_quality: int = 95,
+) -> Path:
+    """Encode and atomically write ``image`` to ``path`` (format from ``fmt`` or the suffix)."""
+    path = Path(path)
+    data = encode_image(image, output_format(path, fmt), jpeg_quality)
+    atomic_write_bytes(path, data)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary sibling and a rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def is_partial_file(path: Path) -> bool:
+    """True for our temporary files (left only if the process was killed mid-write)."""
+    return path.name.startswith(".") and path.name.endswith(".part")
+
+
+def to_tensor_layout(pixels: np.ndarray) -> np.ndarray:
+    """H×W×C → C×H×W float32 (grayscale is repeated to 3 channels for the RGB models)."""
+    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32)
+    return np.repeat(chw, 3, axis=0) if chw.shape[0] == 1 else chw
+
+
+def from_tensor_layout(chw: np.ndarray, gray: bool) -> np.ndarray:
+    """C×H×W → H×W×C; a grayscale source gets the channel mean back as one channel."""
+    hwc = np.ascontiguousarray(chw.transpose(1, 2, 0), dtype=np.float32)
+    return hwc.mean(axis=2, keepdims=True) if gray else hwc

@@ -1,0 +1,134 @@
+"""The checkpoint format: ``model.safetensors`` that describes its own architecture.
+
+The safetensors header metadata carries ``deblurcli.arch`` (registry name) and
+``deblurcli.config`` (JSON of the full config), plus any extra string metadata (training
+recipe, data, notes). So any checkpoint — shipped, trained by a user, or downloaded — loads
+with :func:`load_checkpoint` without restating the architecture. Tensors may be stored as
+fp16 and are loaded back as fp32. Legacy ``.pth`` files are read only with
+``torch.load(weights_only=True)`` and must then be given their architecture explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from deblurcli.archs import create, get_spec
+from deblurcli.errors import CheckpointError
+
+ARCH_KEY = "deblurcli.arch"
+CONFIG_KEY = "deblurcli.config"
+
+
+def save_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    half: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``model`` (built by :func:`deblurcli.archs.create`) atomically to ``path``."""
+    path = Path(path)
+    tensors = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    meta = dict(metadata or {})
+    meta[ARCH_KEY] = model.arch_name
+    meta[CONFIG_KEY] = json.dumps(model.arch_config, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The safetensors header metadata of ``path`` (no tensor data is read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({exc})") from None
+
+
+def _read_legacy_pth(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the unpickler raises many types; none of them is the user's bug
+        raise CheckpointError(
+            f"{path}: refused to load (only plain tensor state dicts are accepted from .pth; "
+            f"{type(exc).__name__})"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: a .pth must hold a dict of tensors")
+    return state
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Build the model described by ``path`` and load its weights (fp32, eval mode).
+
+    ``arch``/``config`` are needed only for legacy ``.pth`` files, which carry no metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix in {".pth", ".pt"}:
+        if arch is None:
+            raise CheckpointError(f"{path}: a .pth checkpoint needs --arch to say what it is")
+        state, config = _read_legacy_pth(path), config or {}
+    else:
+        meta = read_metadata(path)
+        arch = arch or meta.get(ARCH_KEY)
+        if arch is None:
+            raise CheckpointError(f"{path}: no '{ARCH_KEY}' in its metadata; pass the arch")
+        if config is None:
+            config = json.loads(meta.get(CONFIG_KEY, "{}"))
+        state = _read_tensors(path)
+    get_spec(arch)  # unknown arch → one-line error
+    model = _build_for_loading(arch, config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not match {arch} ({first})") from None
+    return model.eval()
+
+
+def _build_for_loading(arch: str, config: dict[str, Any]) -> nn.Module:
+    config = dict(config)
+    if "encoder_weights" in config:  # the checkpoint replaces any backbone init
+        config["encoder_weights"] = None
+    try:
+        return create(arch, **config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"invalid {arch} config in checkpoint: {exc}") from None

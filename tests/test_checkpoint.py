@@ -1,0 +1,76 @@
+"""The self-describing safetensors checkpoint format."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from deblurcli import load_model
+from deblurcli.archs import create, get_spec
+from deblurcli.errors import CheckpointError
+from deblurcli.weights import load_checkpoint, read_metadata, save_checkpoint
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_round_trip_restores_arch_config_and_weights(tmp_path, half):
+    model = create("transformnet", **get_spec("transformnet").tiny_config).eval()
+    path = save_checkpoint(model, tmp_path / "model.safetensors", half=half, metadata={"note": "x"})
+    meta = read_metadata(path)
+    assert meta["deblurcli.arch"] == "transformnet" and meta["note"] == "x"
+    loaded = load_checkpoint(path)
+    assert loaded.arch_config == model.arch_config
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        tol = 2e-3 if half else 0.0
+        torch.testing.assert_close(loaded(x), model(x), atol=tol, rtol=tol)
+
+
+def test_load_model_accepts_a_run_folder(tmp_path):
+    model = create("simplecnn", **get_spec("simplecnn").tiny_config)
+    save_checkpoint(model, tmp_path / "run" / "model.safetensors")
+    assert load_model(tmp_path / "run").arch_name == "simplecnn"
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    model = create("simplecnn", **get_spec("simplecnn").tiny_config)
+    path = save_checkpoint(model, tmp_path / "model.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_checkpoint(path)
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no pretrained weights are available yet"):
+        load_model(tmp_path / "nope.safetensors")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickle_payload_in_pth_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"weight": _Payload()}, f)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(path, arch="simplecnn")
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_plain_pth_state_dict_loads_with_arch(tmp_path):
+    model = create("simplecnn", **get_spec("simplecnn").tiny_config)
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    loaded = load_checkpoint(tmp_path / "m.pth", arch="simplecnn", config=model.arch_config)
+    torch.testing.assert_close(loaded.features[0].weight, model.features[0].weight)
+
+
+def test_weights_for_another_arch_are_rejected(tmp_path):
+    model = create("simplecnn", **get_spec("simplecnn").tiny_config)
+    torch.save(model.state_dict(), tmp_path / "m.pth")
+    with pytest.raises(CheckpointError, match="do not match transformnet"):
+        load_checkpoint(tmp_path / "m.pth", arch="transformnet")

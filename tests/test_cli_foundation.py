@@ -1,0 +1,57 @@
+"""The CLI surface through real invocations (Typer's runner and a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from deblurcli.archs import default_parameter_count, list_archs
+from deblurcli.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_every_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("blur", "train", "eval", "restore", "models", "weights"):
+        assert command in result.output
+
+
+def test_models_table():
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0, result.output
+    for name in list_archs():
+        assert name in result.output
+    assert "1,331,459" in result.output
+
+
+def test_models_json_lists_exactly_the_six_with_counts():
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0
+    records = json.loads(result.output)
+    assert [r["name"] for r in records] == list_archs()
+    assert len(records) == 6
+    for r in records:
+        assert r["parameters"] == default_parameter_count(r["name"]) > 0
+        assert isinstance(r["pretrained"], bool)
+
+
+@pytest.mark.parametrize("command", [["--help"], ["models", "--json"]])
+def test_python_dash_m_runs_the_same_app(command):
+    proc = subprocess.run(
+        [sys.executable, "-m", "deblurcli", *command], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["blur", "train", "eval", "restore", "models", "weights"])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert len(result.output.strip()) > 40
