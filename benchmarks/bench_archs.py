@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     x = torch.rand(1, 3, args.size, args.size)
+    cl_x = x.contiguous(memory_format=torch.channels_last)
     mp = args.size * args.size / 1e6
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.size}² input")
     print(f"{'arch':<14}{'fp32 MP/s':>12}{'ch_last MP/s':>14}{'ratio':>8}")
@@ -41,7 +42,6 @@ def main() -> None:
         with torch.inference_mode():
             base = _median_seconds(lambda m=model: m(x), args.repeats)
             cl_model = model.to(memory_format=torch.channels_last)
-            cl_x = x.contiguous(memory_format=torch.channels_last)
             cl = _median_seconds(lambda m=cl_model: m(cl_x), args.repeats)
         print(f"{name:<14}{mp / base:>12.3f}{mp / cl:>14.3f}{base / cl:>8.2f}")
 
