@@ -39,3 +39,7 @@ class NotYetAvailableError(DeblurError):
     """A feature whose implementation has not landed yet."""
 
     exit_code = 3
+
+
+class PhotoPoolError(DeblurError):
+    """The training photo pool cannot be fetched or prepared, or is not there yet."""
