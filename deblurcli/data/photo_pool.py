@@ -463,6 +463,8 @@ def prepare(
     moved or removed in the pool) are deleted, so the split on disk always matches the list.
     """
     root, pool = _root(root), load_pool(pool)
+    if not any((root / "raw" / p.raw_name).is_file() for p in pool.photos):
+        raise PhotoPoolError(f"no photos fetched in {root}: run {_command('fetch', root)} first")
     prepared = root / "prepared"
     index_path = prepared / "index.json"
     old_index = {} if force else _read_index(index_path)
@@ -483,7 +485,7 @@ def prepare(
     if missing:
         raise PhotoPoolError(
             f"{len(missing)} photo(s) not fetched ({', '.join(missing[:5])}"
-            f"{', …' if len(missing) > 5 else ''}): run 'deblur data fetch' first"
+            f"{', …' if len(missing) > 5 else ''}): run {_command('fetch', root)} first"
         )
     return prepared
 
@@ -524,13 +526,16 @@ def split_dir(split: str, root: str | os.PathLike[str] | None = None) -> Path:
     if folder.is_dir() and any(folder.glob("*.png")):
         return folder
     fetched = (root / "raw").is_dir() and any((root / "raw").iterdir())
-    where = "" if root == default_root() else f" --root {root}"
-    todo = (
-        f"'deblur data prepare{where}'"
-        if fetched
-        else f"'deblur data fetch{where}' then 'deblur data prepare{where}'"
-    )
+    todo = _command("prepare", root)
+    if not fetched:
+        todo = f"{_command('fetch', root)} then {todo}"
     raise PhotoPoolError(f"no prepared {split} photos in {folder}: run {todo}")
+
+
+def _command(name: str, root: Path) -> str:
+    """The CLI command that does ``name`` for this root, quoted for a message."""
+    where = "" if root == default_root() else f" --root {root}"
+    return f"'deblur data {name}{where}'"
 
 
 def pool_status(
