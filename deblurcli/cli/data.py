@@ -54,6 +54,7 @@ def fetch(
         f"{len(status)} photos in {folder / 'raw'} ({len(status) - before} fetched, "
         f"{before} already there) in {time.perf_counter() - start:.1f} s",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -72,6 +73,7 @@ def prepare(
         f"{counts['train']} train and {counts['val']} val photos in {folder} "
         f"({time.perf_counter() - start:.1f} s)",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -100,6 +102,7 @@ def list_photos(
     console.print(
         f"{len(status)} photos, {fetched} fetched, {prepared} prepared",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -108,4 +111,4 @@ def _tick(value: bool) -> str:
 
 
 def _say(line: str) -> None:
-    err_console.print(f"fetching {line}", highlight=False)
+    err_console.print(f"fetching {line}", highlight=False, soft_wrap=True)
