@@ -333,6 +333,21 @@ def test_split_dir_names_the_command_to_run(tmp_path, pool, sources):
         pp.split_dir("test", root)
 
 
+def test_prepare_goes_on_past_an_unreadable_photo(tmp_path, pool, sources):
+    root = _fetch(tmp_path / "root", pool, sources)
+    (root / "raw/deb-a.png").write_bytes(b"not a png")  # damaged after fetch
+    (root / "raw/wheel-c.png").unlink()
+    with pytest.raises(PhotoPoolError) as excinfo:
+        pp.prepare(root, pool=pool)
+    message = str(excinfo.value)
+    assert "deb-a.png: not a readable image" in message
+    assert "1 photo(s) not fetched (wheel-c)" in message and "\n" not in message
+    assert (root / "prepared/train/deb-rel-link.png").is_file()
+    assert (root / "prepared/val/deb-abs-link.png").is_file()
+    assert not (root / "prepared/train/deb-a.png").exists()
+    assert _leftovers(root) == []
+
+
 def test_prepare_before_fetch_names_the_command(tmp_path, pool):
     with pytest.raises(PhotoPoolError, match="run 'deblur data fetch --root"):
         pp.prepare(tmp_path / "root", pool=pool)

@@ -39,7 +39,7 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
-from deblurcli.errors import PhotoPoolError, UsageError
+from deblurcli.errors import DeblurError, PhotoPoolError, UsageError
 from deblurcli.imageio import ImageData, atomic_write_bytes, read_image, write_image
 
 if sys.version_info >= (3, 11):
@@ -474,6 +474,7 @@ def prepare(
     old_index = {} if force else _read_index(index_path)
     index: dict[str, dict] = {}
     missing: list[str] = []
+    problems: list[str] = []
     for photo in pool.photos:
         source = root / "raw" / photo.raw_name
         target = prepared / photo.split / f"{photo.name}.png"
@@ -482,15 +483,21 @@ def prepare(
             missing.append(photo.name)
             continue
         if old_index.get(photo.name, {}).get("record") != record or not target.is_file():
-            _prepare_one(source, target, photo.factor)
+            try:
+                _prepare_one(source, target, photo.factor)
+            except DeblurError as exc:  # one unreadable photo must not stop the rest
+                problems.append(str(exc))
+                continue
         index[photo.name] = {"split": photo.split, "record": record}
     _remove_stale(prepared, pool)
     atomic_write_bytes(index_path, json.dumps(index, indent=1, sort_keys=True).encode())
     if missing:
-        raise PhotoPoolError(
+        problems.append(
             f"{len(missing)} photo(s) not fetched ({', '.join(missing[:5])}"
             f"{', …' if len(missing) > 5 else ''}): run {_command('fetch', root)} first"
         )
+    if problems:
+        raise PhotoPoolError("; ".join(problems))
     return prepared
 
 
