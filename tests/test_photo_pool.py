@@ -221,10 +221,11 @@ def test_offline_apt_is_a_clear_error(tmp_path, pool, sources, monkeypatch):
     _fake_apt(
         tmp_path,
         'echo "E: Failed to fetch http://deb.debian.org/x  Temporary failure resolving" >&2\n'
+        'echo "W: Some index files failed to download" >&2\n'
         "exit 100\n",
         monkeypatch,
     )
-    with pytest.raises(PhotoPoolError, match=r"apt-get download fakepics failed.*offline"):
+    with pytest.raises(PhotoPoolError, match=r"fakepics failed \(E: Failed to fetch.*offline"):
         pp.fetch(tmp_path / "root", pool=pool, wheels_dir=sources["wheels"])
 
 

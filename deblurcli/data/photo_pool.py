@@ -315,13 +315,15 @@ def _dpkg_extract(deb: Path, tree: Path) -> None:
 
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:
+    """The last error line of a tool's output (apt's "E:", pip's "ERROR:"), else its last line."""
     lines = [line.strip() for line in (proc.stderr or proc.stdout or "").splitlines()]
     lines = [line for line in lines if line]
-    return lines[-1] if lines else f"exit status {proc.returncode}"
+    errors = [line for line in lines if line.startswith(("E:", "ERROR:", "error:"))]
+    return (errors or lines or [f"exit status {proc.returncode}"])[-1]
 
 
 def _find_package_file(folder: Path, package: str, suffix: str) -> Path:
-    """The newest-named ``package_*.deb`` / ``package-*.whl`` in ``folder``."""
+    """The last by name of the ``package_*.deb`` / ``package-*.whl`` files in ``folder``."""
     wanted = _normalise(package)
     separator = "_" if suffix == ".deb" else "-"  # Debian: name_version_arch; wheel: name-ver-…
     found = sorted(
