@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -451,16 +450,10 @@ def test_cli_fetch_list_prepare(tmp_path, pool, sources):
 
 def test_cli_error_is_one_line_without_traceback(tmp_path, sources):
     pool = write_pool(tmp_path / "pool.toml", default_photos(sources)[:3])  # .deb photos only
-    env = {**os.environ, "PATH": str(tmp_path), "DEBLURCLI_DATA": str(tmp_path / "root")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "deblurcli", "data", "fetch", "--pool", str(pool)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert proc.returncode == 1
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    env = {"PATH": str(tmp_path), "DEBLURCLI_DATA": str(tmp_path / "root")}
+    result = runner.invoke(app, ["data", "fetch", "--pool", str(pool)], env=env)
+    assert result.exit_code == 1
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "apt-get is not available" in errors[0]
-    assert proc.stderr.strip().splitlines()[-1] == errors[0]
+    assert result.output.strip().splitlines()[-1] == errors[0]
