@@ -325,6 +325,13 @@ def test_downscale_averages_light_not_codes():
     assert abs(float(small.mean()) - 0.7354) < 1e-3
 
 
+def test_downscale_of_8bit_codes_matches_floats():
+    codes = np.random.default_rng(0).integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    np.testing.assert_allclose(
+        pp.downscale(codes, 3), pp.downscale(codes.astype(np.float32) / 255, 3), atol=1e-6
+    )
+
+
 def test_srgb_transfer_round_trips():
     x = np.linspace(0, 1, 1001, dtype=np.float32)
     np.testing.assert_allclose(pp.linear_to_srgb(pp.srgb_to_linear(x)), x, atol=1e-5)

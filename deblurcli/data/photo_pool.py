@@ -442,9 +442,14 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055).astype(np.float32)
 
 
+# 8-bit codes decode through a table: exact, and no full-size float temporaries per step.
+_SRGB_TO_LINEAR_8BIT = srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)
+
+
 def downscale(pixels: np.ndarray, factor: int) -> np.ndarray:
     """Shrink H×W×C sRGB pixels by an integer factor with a box filter in linear light.
 
+    ``pixels`` is float in [0, 1] or uint8 codes; the result is float32 sRGB in [0, 1].
     Averaging light rather than sRGB codes keeps fine bright detail (leaves against sky,
     specular highlights) from darkening. Edge rows/columns that do not fill a whole box
     are dropped so every output pixel is the exact mean of factor×factor inputs.
@@ -452,7 +457,8 @@ def downscale(pixels: np.ndarray, factor: int) -> np.ndarray:
     h, w = (pixels.shape[0] // factor) * factor, (pixels.shape[1] // factor) * factor
     if h == 0 or w == 0:
         raise PhotoPoolError(f"image of {pixels.shape[1]}×{pixels.shape[0]} is too small")
-    linear = srgb_to_linear(pixels[:h, :w])
+    crop = pixels[:h, :w]
+    linear = _SRGB_TO_LINEAR_8BIT[crop] if crop.dtype == np.uint8 else srgb_to_linear(crop)
     small = cv2.resize(linear, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
     return linear_to_srgb(small.reshape(h // factor, w // factor, pixels.shape[2]))
 
@@ -513,7 +519,10 @@ def _read_index(path: Path) -> dict:
 
 def _prepare_one(source: Path, target: Path, factor: int) -> None:
     image = read_image(source)  # applies EXIF orientation
-    small = downscale(image.pixels, factor)
+    pixels = image.pixels
+    if image.bit_depth == 8:  # exact: read_image gave code/255
+        pixels = np.rint(pixels * 255.0).astype(np.uint8)
+    small = downscale(pixels, factor)
     out = ImageData(pixels=small, bit_depth=8, icc_profile=image.icc_profile, format="PNG")
     write_image(target, out)
 
