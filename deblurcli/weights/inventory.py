@@ -62,9 +62,6 @@ def verify_local(
     results = []
     for e in entries:
         path = local_weights(e)
-        if path is None:
-            status = "missing"
-        else:
-            status = "ok" if verify_file(path, e) else "mismatch"
+        status = "missing" if path is None else "ok" if verify_file(path, e) else "mismatch"
         results.append(VerifyResult(e.name, path, status))
     return results
