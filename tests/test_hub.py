@@ -165,6 +165,7 @@ def test_hub_checkpoint_with_config_json_instead_of_metadata(tmp_path, hub):
     model = create("simplecnn", **cfg)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w")
     hub.state.add_file(REPO, COMMIT, "model.safetensors", (tmp_path / "w").read_bytes())
-    hub.state.add_file(REPO, COMMIT, "config.json", json.dumps({"arch": "simplecnn", "config": cfg}).encode())
+    sidecar = json.dumps({"arch": "simplecnn", "config": cfg}).encode()
+    hub.state.add_file(REPO, COMMIT, "config.json", sidecar)
     loaded = load_model(f"hf://{REPO}@{COMMIT}")
     assert loaded.arch_name == "simplecnn" and loaded.arch_config == model.arch_config
