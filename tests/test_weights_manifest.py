@@ -270,3 +270,16 @@ def test_sha256_matches_hashlib(tmp_path):
     data = bytes(range(256)) * 9000  # spans several 1 MiB read chunks
     (tmp_path / "f").write_bytes(data)
     assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+
+
+def test_checkpoint_must_match_the_entry_arch_and_config(tmp_path):
+    _, data = tiny_checkpoint(tmp_path / "pretrained" / "w.safetensors")
+    wrong_arch = entry_for("edgenet", data, "w.safetensors")
+    with pytest.raises(CheckpointError, match="holds a simplecnn model but .* a edgenet"):
+        load_model("edgenet", manifest=write_manifest(tmp_path / "a.toml", [wrong_arch]))
+    from deblurcli.archs import get_spec
+
+    key = next(iter(get_spec("simplecnn").tiny_config))
+    wrong_cfg = entry_for("simplecnn", data, "w.safetensors", config={key: 3})
+    with pytest.raises(CheckpointError, match=f"config differs .*{key}"):
+        load_model("simplecnn", manifest=write_manifest(tmp_path / "b.toml", [wrong_cfg]))

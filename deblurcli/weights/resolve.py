@@ -104,7 +104,9 @@ def fetch_weights(entry: PretrainedEntry, *, verify: bool = True) -> Path:
             f"'{entry.name}': {entry.file} is not shipped with this install and not published "
             "on the Hub yet; pass --model PATH to a local checkpoint"
         )
-    path = hub.download(entry.hub_repo, entry.file, entry.revision, name=entry.name)
+    path = hub.cached_file(entry.hub_repo, entry.file, entry.revision) or hub.download(
+        entry.hub_repo, entry.file, entry.revision, name=entry.name
+    )
     if not verify or verify_file(path, entry):
         return path
     if hub.is_offline():
@@ -213,12 +215,28 @@ def _load(path: Path, entry: PretrainedEntry | None, ref: HubRef | None) -> nn.M
         elif (side := _sidecar_config(path, ref)) is not None:
             arch, config = side["arch"], dict(side.get("config") or {})
     model = load_checkpoint(path, arch=arch, config=config)
-    if entry is not None and model.arch_name != entry.arch:
+    if entry is not None:
+        _check_matches_entry(path, model, entry)
+    return model
+
+
+def _check_matches_entry(path: Path, model: nn.Module, entry: PretrainedEntry) -> None:
+    if model.arch_name != entry.arch:
         raise CheckpointError(
             f"{path}: holds a {model.arch_name} model but the manifest says '{entry.name}' is "
             f"a {entry.arch}"
         )
-    return model
+    # encoder_weights only chooses a backbone init, which the checkpoint replaces anyway.
+    differ = sorted(
+        k
+        for k, v in entry.config.items()
+        if k != "encoder_weights" and model.arch_config.get(k) != v
+    )
+    if differ:
+        raise CheckpointError(
+            f"{path}: its config differs from the manifest's for '{entry.name}' "
+            f"({', '.join(differ)})"
+        )
 
 
 def load_model(
