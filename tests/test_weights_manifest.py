@@ -39,10 +39,16 @@ def _entry(**over):
     return {**base, "sha256": SHA, "size": 10, "license": "MIT", **over}
 
 
-def test_bundled_manifest_is_valid_and_empty_means_a_clear_error(monkeypatch):
+def test_bundled_manifest_is_valid(monkeypatch):
     monkeypatch.delenv("DEBLURCLI_MANIFEST", raising=False)
     manifest = load_manifest()
     assert manifest.path == MANIFEST_PATH
+    for entry in manifest.entries:  # each one is shipped or pinned on the Hub
+        assert entry.package_path.is_file() or entry.hub_url is not None
+
+
+def test_empty_manifest_means_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEBLURCLI_MANIFEST", str(write_manifest(tmp_path / "e.toml", [])))
     assert list_pretrained() == [] and pretrained_archs() == set()
     assert default_model_name() is None
     with pytest.raises(WeightsUnavailableError, match="no pretrained weights are available yet"):

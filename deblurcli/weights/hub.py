@@ -2,7 +2,8 @@
 
 ``huggingface_hub`` reads ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE``
 once, at import. We read them again at each call so that a library caller (or a test) that
-sets them later is still obeyed, and pass them on explicitly.
+sets them later is still obeyed, and pass them on explicitly. huggingface_hub is imported
+on first use, so commands that never touch the Hub do not pay for it.
 """
 
 from __future__ import annotations
@@ -10,23 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from huggingface_hub import hf_hub_download, try_to_load_from_cache
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-
 from deblurcli.errors import WeightsUnavailableError
-
-try:  # huggingface_hub 1.x+ speaks HTTP through httpx2; older releases used requests (OSError)
-    from httpx2 import HTTPError as _TransportError
-except ImportError:  # pragma: no cover
-    _TransportError = OSError
 
 _TRUE = {"1", "on", "yes", "true"}
 
@@ -57,6 +42,8 @@ def cached_file(
     repo_id: str, filename: str, revision: str, *, cache: Path | None = None
 ) -> Path | None:
     """The file's path in the Hub cache, or None; never touches the network."""
+    from huggingface_hub import try_to_load_from_cache
+
     found = try_to_load_from_cache(
         repo_id, filename, cache_dir=str(cache or cache_dir()), revision=revision
     )
@@ -80,6 +67,22 @@ def download(
 
     ``name`` (the manifest name) only makes the "not available offline" hint precise.
     """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:  # huggingface_hub 1.x+ speaks HTTP through httpx2; older ones used requests (OSError)
+        from httpx2 import HTTPError as transport_error
+    except ImportError:  # pragma: no cover
+        transport_error = OSError
+
     cache = cache or cache_dir()
     what = _what(repo_id, filename, revision)
     offline = is_offline()
@@ -109,7 +112,7 @@ def download(
         raise WeightsUnavailableError(f"{what}: no such revision in the repository") from None
     except EntryNotFoundError:
         raise WeightsUnavailableError(f"{what}: no such file in the repository") from None
-    except (HfHubHTTPError, _TransportError, OSError) as exc:
+    except (HfHubHTTPError, transport_error, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsUnavailableError(f"{what}: download failed ({first})") from None
     return Path(path)
