@@ -1,0 +1,643 @@
+"""Train, evaluate, export and register deblurcli's pretrained models in one command.
+
+For each arch of the plan (``scripts/pretrained_plan.toml``, or ``--arch`` subset):
+
+1. ``deblur train`` on the photo pool's train split with on-the-fly ``--degrade`` (the
+   command is recorded; a killed run is continued with ``--resume`` on the next call),
+2. export the best checkpoint as fp16 safetensors to ``deblurcli/pretrained/<arch>.safetensors``,
+3. ``deblur eval --benchmark`` (and on ``--check-photos DIR``, kept apart from the pool),
+4. the ``[[model]]`` entry in ``weights_manifest.toml`` and the model card
+   ``docs/models/<arch>.md`` with a before/after picture.
+
+Archs run concurrently (``--jobs``) with ``threads`` torch threads per process, so all six
+fit on a small CPU in the background; rerunning the same command after a kill resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+REPO = Path(__file__).resolve().parent.parent
+PLAN_PATH = Path(__file__).resolve().parent / "pretrained_plan.toml"
+MAX_FILE_BYTES = 30 * 1000 * 1000
+MAX_TOTAL_BYTES = 100 * 1000 * 1000
+_ARCH_KEYS = {"config", "config_null", "steps", "lr", "loss", "adversarial", "n_critic"}
+_DEFAULT_KEYS = {
+    "degrade",
+    "patch_size",
+    "batch_size",
+    "threads",
+    "precision",
+    "seed",
+    "val_every",
+    "ckpt_every",
+    "budget_minutes",
+    "license",
+    "default_model",
+}
+
+
+class PlanError(ValueError):
+    """The plan file is malformed."""
+
+
+def load_plan(path: Path = PLAN_PATH) -> dict[str, dict[str, Any]]:
+    """Per-arch settings: ``[defaults]`` merged under each ``[arch.NAME]`` table."""
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    defaults = data.get("defaults", {})
+    unknown = set(defaults) - _DEFAULT_KEYS
+    if unknown:
+        raise PlanError(f"{path}: unknown [defaults] key(s) {', '.join(sorted(unknown))}")
+    plans: dict[str, dict[str, Any]] = {}
+    for arch, table in data.get("arch", {}).items():
+        unknown = set(table) - _ARCH_KEYS - _DEFAULT_KEYS
+        if unknown:
+            raise PlanError(f"{path}: [arch.{arch}] unknown key(s) {', '.join(sorted(unknown))}")
+        plan = copy.deepcopy(defaults)
+        plan.update(copy.deepcopy(table))
+        plan.setdefault("config", {})
+        plan["config"].update({k: None for k in plan.pop("config_null", [])})
+        plans[arch] = plan
+    if not plans:
+        raise PlanError(f"{path}: no [arch.NAME] tables")
+    return plans
+
+
+@dataclass
+class Paths:
+    """Where the driver reads photos and writes runs, weights, manifest and cards."""
+
+    runs: Path
+    pretrained: Path
+    manifest: Path
+    docs: Path
+    train_photos: Path
+    val_photos: Path
+    check_photos: Path | None = None
+    benchmark_cache: Path | None = None
+
+
+@dataclass
+class Outcome:
+    """What one arch's pipeline produced."""
+
+    arch: str
+    file: Path | None = None
+    entry: dict[str, Any] = field(default_factory=dict)
+    bars: dict[str, bool] = field(default_factory=dict)
+    error: str | None = None
+
+
+def deblur_cmd(*args: str) -> list[str]:
+    """``deblur ARGS`` through the interpreter running this script (same environment)."""
+    return [sys.executable, "-m", "deblurcli", *args]
+
+
+def shown(cmd: list[str]) -> str:
+    """A command as a user would type it (``deblur ...``)."""
+    if cmd[:3] == [sys.executable, "-m", "deblurcli"]:
+        cmd = ["deblur", *cmd[3:]]
+    return shlex.join(cmd)
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment of a worker process limited to ``threads`` threads."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def run_logged(cmd: list[str], log: Path, threads: int) -> subprocess.CompletedProcess:
+    """Run ``cmd``, appending its output to ``log``; stdout is also returned."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as f:
+        f.write(f"\n$ {shown(cmd)}\n")
+        f.flush()
+        proc = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=f, text=True, env=thread_env(threads), check=False
+        )
+        f.write(proc.stdout)
+    return proc
+
+
+def last_json(text: str) -> dict[str, Any]:
+    """The JSON object a command printed last (rich may print warnings before it)."""
+    start = text.find("{")
+    while start >= 0:
+        try:
+            return json.loads(text[start:])
+        except json.JSONDecodeError:
+            start = text.find("{", start + 1)
+    raise ValueError("no JSON in the output")
+
+
+def config_args(config: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for key, value in config.items():
+        out += ["--config", f"{key}={json.dumps(value, separators=(',', ':'))}"]
+    return out
+
+
+def train_command(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> list[str]:
+    """The ``deblur train`` command of ``arch`` (without ``--resume``)."""
+    cmd = ["train", "--arch", arch, "--data", str(paths.train_photos)]
+    cmd += ["--degrade", plan["degrade"], "--out", str(paths.runs / arch)]
+    for key in ("patch_size", "batch_size", "steps", "seed", "val_every", "ckpt_every"):
+        cmd += [f"--{key.replace('_', '-')}", str(plan[key])]
+    cmd += ["--precision", plan["precision"], "--workers", "0"]
+    if width != "default":
+        cmd += ["--width", width]
+    for key in ("lr", "loss", "n_critic"):
+        if plan.get(key) is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(plan[key])]
+    if plan.get("adversarial") is False:
+        cmd.append("--no-adversarial")
+    cmd += config_args(plan["config"])
+    return deblur_cmd(*cmd, "--json")
+
+
+def train(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> dict[str, Any]:
+    """Train (or resume, or skip when finished); the ``deblur train --json`` result."""
+    run = paths.runs / arch
+    done = run / "train_result.json"
+    cmd = train_command(arch, plan, paths, width)
+    if done.is_file():
+        result = json.loads(done.read_text())
+        if result.get("step", 0) >= plan["steps"] and result.get("command") == shown(cmd):
+            return result
+    resume = (run / "checkpoints" / "last.pt").is_file()
+    proc = run_logged(cmd + (["--resume"] if resume else []), run / "pipeline.log", plan["threads"])
+    if proc.returncode != 0:
+        raise RuntimeError(f"deblur train failed (exit {proc.returncode}); see {run}/pipeline.log")
+    result = last_json(proc.stdout)
+    result["command"] = shown(cmd)
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_fp16(run: Path, target: Path) -> Path:
+    """The run's best ``model.safetensors`` as fp16 at ``target`` (metadata kept)."""
+    from deblurcli.weights.checkpoint import (
+        ARCH_KEY,
+        CONFIG_KEY,
+        load_checkpoint,
+        read_metadata,
+        save_checkpoint,
+    )
+
+    source = run / "model.safetensors"
+    meta = {k: v for k, v in read_metadata(source).items() if k not in (ARCH_KEY, CONFIG_KEY)}
+    save_checkpoint(load_checkpoint(source), target, half=True, metadata=meta)
+    size = target.stat().st_size
+    if size > MAX_FILE_BYTES:
+        target.unlink()
+        raise RuntimeError(f"{target.name}: {size / 1e6:.1f} MB is over the 30 MB limit")
+    return target
+
+
+def evaluate(model: Path, photos: Path, paths: Paths, log: Path, threads: int) -> dict[str, Any]:
+    """``deblur eval --benchmark`` of ``model`` and the unsharp baseline on ``photos``."""
+    cmd = ["eval", "--benchmark", "--benchmark-photos", str(photos)]
+    if paths.benchmark_cache is not None:
+        cmd += ["--benchmark-dir", str(paths.benchmark_cache)]
+    cmd = deblur_cmd(*cmd, "--model", str(model), "--model", "unsharp", "--json")
+    proc = run_logged(cmd, log, threads)
+    if proc.returncode != 0:
+        raise RuntimeError(f"deblur eval failed (exit {proc.returncode}); see {log}")
+    result = last_json(proc.stdout)
+    result["command"] = shown(cmd)
+    return result
+
+
+def rows_by_kind(result: dict[str, Any]) -> tuple[dict, dict, dict]:
+    """(blurry input, unsharp baseline, model) rows of an eval summary."""
+    rows = result["rows"]
+    blurry = next(r for r in rows if r["kind"] == "input")
+    unsharp = next(r for r in rows if r["key"] == "unsharp")
+    model = next(r for r in rows if r["kind"] == "model")
+    return blurry, unsharp, model
+
+
+def flat_scores(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Manifest ``scores``: the model's PSNR/SSIM and gains, overall and per family."""
+    blurry, unsharp, model = rows_by_kind(result)
+    out = {
+        "psnr": model["psnr"],
+        "ssim": model["ssim"],
+        "psnr_gain": model["psnr_gain"],
+        "blurry_psnr": blurry["psnr"],
+        "unsharp_psnr": unsharp["psnr"],
+    }
+    for family, values in sorted(model["families"].items()):
+        out[f"{family}_psnr"] = values["psnr"]
+        out[f"{family}_psnr_gain"] = values["psnr"] - blurry["families"][family]["psnr"]
+    return {f"{prefix}{k}": round(float(v), 4) for k, v in out.items() if v is not None}
+
+
+def quality_bars(result: dict[str, Any], default: bool) -> dict[str, bool]:
+    """Issue #8's bars on one eval: mixed-set gain, each family, and unsharp for the default."""
+    blurry, unsharp, model = rows_by_kind(result)
+    bars = {"mixed gain >= 2.0 dB": model["psnr_gain"] >= 2.0}
+    for family, values in sorted(model["families"].items()):
+        bars[f"beats blurry on {family}"] = values["psnr"] > blurry["families"][family]["psnr"]
+    if default:
+        bars["mixed gain >= 3.0 dB (default)"] = model["psnr_gain"] >= 3.0
+        for family, values in sorted(model["families"].items()):
+            bars[f"beats unsharp on {family} (default)"] = (
+                values["psnr"] > unsharp["families"][family]["psnr"]
+            )
+    return bars
+
+
+def restore_speed(model_path: Path, size: tuple[int, int], threads: int) -> float:
+    """Megapixels/s of ``deblur restore``'s default path (auto tiling, auto precision)."""
+    import torch
+
+    from deblurcli.inference import restore_tensor
+    from deblurcli.weights import load_model
+
+    torch.set_num_threads(threads)
+    model = load_model(model_path)
+    width, height = size
+    image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+    restore_tensor(model, image[..., :64, :64], device="cpu")  # warm-up
+    start = time.perf_counter()
+    restore_tensor(model, image, device="cpu")
+    return width * height / 1e6 / (time.perf_counter() - start)
+
+
+def before_after(model_path: Path, bench: Path, target: Path, crop: int = 160) -> str:
+    """A [blurry | restored | sharp] strip of one motion-blurred benchmark crop."""
+    import numpy as np
+
+    from deblurcli.imageio import ImageData, find_images, read_image, write_image
+    from deblurcli.inference import restore_tensor
+    from deblurcli.weights import load_model
+
+    sharp_files = find_images(bench / "sharp" / "motion") or find_images(bench / "sharp")
+    sharp_path = sharp_files[0]
+    rel = sharp_path.relative_to(bench / "sharp")
+    sharp = read_image(sharp_path).pixels[..., :3]
+    blurred = read_image(bench / "blurred" / rel).pixels[..., :3]
+    h, w = sharp.shape[:2]
+    size = min(crop, h, w)
+    top, left = (h - size) // 2, (w - size) // 2
+    sharp, blurred = (a[top : top + size, left : left + size] for a in (sharp, blurred))
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(blurred.transpose(2, 0, 1)))[None].float()
+    restored = restore_tensor(load_model(model_path), x, tile=0, device="cpu")
+    restored = restored[0].numpy().transpose(1, 2, 0)
+    gap = np.ones((size, 4, 3), np.float32)
+    strip = np.concatenate([blurred, gap, restored, gap, sharp], axis=1).astype(np.float32)
+    write_image(target, ImageData(np.clip(strip, 0, 1), bit_depth=8))
+    return rel.as_posix()
+
+
+def benchmark_folder(photos: Path, paths: Paths) -> Path:
+    from deblurcli.evaluation.benchmark import ensure_benchmark
+
+    return ensure_benchmark(photos=photos, cache=paths.benchmark_cache)
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal for the JSON-like ``value`` (JSON strings are valid TOML strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = [f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def entry_block(entry: dict[str, Any]) -> str:
+    lines = ["[[model]]"] + [f"{k} = {toml_value(v)}" for k, v in entry.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _split_blocks(text: str) -> tuple[str, list[str]]:
+    """(head, [[model]] blocks) of a manifest's text."""
+    parts = text.split("\n[[model]]\n")
+    if text.startswith("[[model]]\n"):
+        return "", ["[[model]]\n" + p for p in text.split("[[model]]\n")[1:]]
+    return parts[0].rstrip("\n") + "\n", ["[[model]]\n" + p for p in parts[1:]]
+
+
+def write_manifest(path: Path, entries: list[dict[str, Any]], default: str | None) -> None:
+    """Add or replace ``entries`` (by name) in the manifest at ``path``; set ``default``.
+
+    Comments and other models are kept; the result is validated before it replaces the file.
+    """
+    from deblurcli.imageio import atomic_path
+    from deblurcli.weights.manifest import parse_manifest
+
+    head, blocks = _split_blocks(path.read_text(encoding="utf-8"))
+    names = {e["name"] for e in entries}
+    kept = [b for b in blocks if tomllib.loads(b)["model"][0]["name"] not in names]
+    head_lines = [ln for ln in head.splitlines() if not ln.startswith("default =")]
+    if default is not None:
+        head_lines.append(f"default = {toml_value(default)}")
+    body = [b.rstrip("\n") + "\n" for b in kept] + [entry_block(e) for e in entries]
+    text = "\n".join(head_lines) + "\n\n" + "\n".join(body)
+    parse_manifest(tomllib.loads(text), path)  # never write a manifest that does not load
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def config_overrides(arch: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``config`` that differ from the registry default (None values dropped)."""
+    from deblurcli.archs import get_spec
+
+    default = get_spec(arch).default_config
+    return {k: v for k, v in config.items() if v is not None and default.get(k) != v}
+
+
+# ---------------------------------------------------------------- model card
+
+
+def _score_table(result: dict[str, Any]) -> list[str]:
+    rows = result["rows"]
+    families = sorted({f for r in rows for f in r.get("families", {})})
+    head = "| | PSNR dB | SSIM | gain dB | " + " | ".join(f"{f} dB" for f in families) + " |"
+    lines = [head, "|" + "---|" * (4 + len(families))]
+    for r in rows:
+        fam = " | ".join(f"{r['families'][f]['psnr']:.2f}" for f in families)
+        gain = "" if r["kind"] == "input" else f"{r['psnr_gain']:+.2f}"
+        lines.append(f"| {r['label']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {gain} | {fam} |")
+    return lines
+
+
+def model_card(arch: str, entry: dict[str, Any], info: dict[str, Any], picture: str | None) -> str:
+    """The markdown model card of one pretrained model."""
+    lines = [
+        f"# `{entry['name']}`: {info['title']}",
+        "",
+        f"{entry['description']}",
+        "",
+        f"- file: `deblurcli/pretrained/{entry['file']}` (fp16 safetensors, "
+        f"{entry['size'] / 1e6:.2f} MB, sha256 `{entry['sha256']}`)",
+        f"- config: `{json.dumps(info['arch_config'])}` (registry default: "
+        f"`{json.dumps(info['default_config'])}`; the shipped model is narrower where CPU "
+        "training needed it, the paper config stays the registry default)",
+        f"- parameters: {info['params']:,}",
+        f"- licence: {entry['license']} (derived from the photo pool; see "
+        "[docs/dataset.md](../dataset.md) for each photo's licence)",
+        f"- training data: {entry['dataset']}",
+        f"- recipe: {info['recipe']}",
+        f"- trained: {info['step']} steps, {info['precision']}, "
+        f"{info['patches_per_s']:.1f} patches/s",
+        "",
+        "Exact command:",
+        "",
+        "```bash",
+        entry["recipe"],
+        "```",
+        "",
+        f"## Benchmark (`deblur eval --benchmark`, {entry.get('benchmark', '')})",
+        "",
+        *_score_table(info["eval"]),
+        "",
+    ]
+    if info.get("check") is not None:
+        lines += [
+            "## Independent check (photos kept apart from the pool)",
+            "",
+            *_score_table(info["check"]),
+            "",
+        ]
+    lines += ["## Quality bars (issue #8)", ""]
+    lines += [f"- {'pass' if ok else 'FAIL'}: {name}" for name, ok in info["bars"].items()]
+    if info.get("mp_per_s") is not None:
+        w, h = info["speed_size"]
+        lines += [
+            "",
+            f"Restore speed on CPU ({info['threads']} thread(s), `deblur restore` defaults): "
+            f"{info['mp_per_s']:.3f} MP/s at {w}×{h}.",
+        ]
+    if picture is not None:
+        lines += [
+            "",
+            "## Before / after",
+            "",
+            f"![blurry, restored, sharp]({Path(picture).name})",
+            "",
+            f"Left to right: blurry input, `{entry['name']}`, sharp target "
+            f"(benchmark crop `{info['picture_source']}`).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- pipeline
+
+
+def dataset_text(paths: Paths, plan: dict[str, Any]) -> str:
+    from deblurcli.imageio import find_images
+
+    names = sorted(p.stem for p in find_images(paths.train_photos))
+    return (
+        f"deblurcli photo pool, train split ({len(names)} photos: {', '.join(names)}); "
+        f"random {plan['patch_size']} px crops blurred on the fly (--degrade {plan['degrade']})"
+    )
+
+
+def pipeline(
+    arch: str, plan: dict[str, Any], paths: Paths, args: argparse.Namespace, default: bool
+) -> Outcome:
+    """Train, export, evaluate and describe one arch (the manifest is written by the caller)."""
+    from deblurcli.archs import count_parameters, get_spec
+    from deblurcli.training.recipes import recipe_for_arch
+    from deblurcli.weights import load_model
+
+    out = Outcome(arch)
+    run = paths.runs / arch
+    log = run / "pipeline.log"
+    trained = train(arch, plan, paths, args.width)
+    target = export_fp16(run, paths.pretrained / f"{arch}.safetensors")
+    out.file = target
+    model = load_model(target)
+    info: dict[str, Any] = {
+        "title": get_spec(arch).title,
+        "arch_config": {k: v for k, v in model.arch_config.items()},
+        "default_config": get_spec(arch).default_config,
+        "params": count_parameters(model),
+        "recipe": recipe_for_arch(arch).describe()
+        + ("" if plan.get("adversarial", True) else "; adversarial term off (--no-adversarial)"),
+        "step": trained["step"],
+        "precision": trained["precision"],
+        "patches_per_s": trained["patches_per_s"],
+        "threads": plan["threads"],
+    }
+    info["eval"] = evaluate(target, paths.val_photos, paths, log, plan["threads"])
+    scores = flat_scores(info["eval"])
+    info["bars"] = quality_bars(info["eval"], default)
+    if paths.check_photos is not None:
+        info["check"] = evaluate(target, paths.check_photos, paths, log, plan["threads"])
+        scores.update(flat_scores(info["check"], "check_"))
+        bars = quality_bars(info["check"], default)
+        info["bars"].update({f"{k} (check photos)": v for k, v in bars.items()})
+    if args.speed_size is not None:
+        info["speed_size"] = args.speed_size
+        info["mp_per_s"] = restore_speed(target, args.speed_size, plan["threads"])
+        scores["restore_mp_per_s"] = round(info["mp_per_s"], 4)
+    paths.docs.mkdir(parents=True, exist_ok=True)
+    picture = paths.docs / f"{arch}.png"
+    bench = benchmark_folder(paths.val_photos, paths)
+    info["picture_source"] = before_after(target, bench, picture)
+    out.entry = {
+        "name": arch,
+        "arch": arch,
+        "file": target.name,
+        "sha256": sha256_file(target),
+        "size": target.stat().st_size,
+        "license": plan["license"],
+        "default": True,
+        "config": config_overrides(arch, model.arch_config),
+        "dataset": dataset_text(paths, plan),
+        "recipe": trained["command"],
+        "scores": scores,
+        "benchmark": info["eval"].get("settings", {}).get("benchmark")
+        or f"deblur eval --benchmark on {paths.val_photos.name} photos",
+        "shipped": True,
+        "description": f"{info['title']}, trained on CPU for {trained['step']} steps; "
+        f"recipe {info['recipe']}",
+    }
+    out.bars = info["bars"]
+    card = model_card(arch, out.entry, info, str(picture))
+    (paths.docs / f"{arch}.md").write_text(card, encoding="utf-8")
+    (run / "pipeline_result.json").write_text(json.dumps(info, indent=2, default=str))
+    return out
+
+
+def run_all(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Namespace) -> int:
+    """Every arch's pipeline, ``args.jobs`` at a time; then the manifest. Exit status."""
+    default_arch = next(iter(plans.values())).get("default_model")
+    lock = threading.Lock()
+
+    def one(arch: str) -> Outcome:
+        try:
+            outcome = pipeline(arch, plans[arch], paths, args, arch == default_arch)
+        except Exception as exc:  # report and go on with the other archs
+            outcome = Outcome(arch, error=f"{type(exc).__name__}: {exc}")
+        with lock:
+            status = outcome.error or ", ".join(
+                f"{k}: {'ok' if v else 'FAIL'}" for k, v in outcome.bars.items()
+            )
+            print(f"[{arch}] {status}", flush=True)
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        outcomes = list(pool.map(one, list(plans)))
+    done = [o for o in outcomes if o.error is None]
+    total = sum(o.entry["size"] for o in done)
+    if total > MAX_TOTAL_BYTES:
+        print(f"warning: shipped files total {total / 1e6:.1f} MB (> 100 MB)", flush=True)
+    if done:
+        names = {o.arch for o in done} | _manifest_names(paths.manifest)
+        default = default_arch if default_arch in names else None
+        write_manifest(paths.manifest, [o.entry for o in done], default)
+        print(f"manifest: {len(done)} model(s) written to {paths.manifest}", flush=True)
+    return 1 if len(done) < len(outcomes) else 0
+
+
+def _manifest_names(path: Path) -> set[str]:
+    with open(path, "rb") as f:
+        return {m["name"] for m in tomllib.load(f).get("model", [])}
+
+
+def _size(text: str) -> tuple[int, int] | None:
+    if text in ("", "none", "0"):
+        return None
+    w, _, h = text.lower().partition("x")
+    return int(w), int(h)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--plan", type=Path, default=PLAN_PATH, help="plan file [%(default)s]")
+    p.add_argument("--arch", action="append", help="only this arch (repeatable)")
+    p.add_argument("--jobs", type=int, default=6, help="archs trained concurrently [6]")
+    p.add_argument("--threads", type=int, help="torch threads per process (default: plan's)")
+    p.add_argument("--steps", type=int, help="override every arch's steps (smoke runs)")
+    p.add_argument("--width", default="default", help="default, or tiny (smoke runs, tests)")
+    p.add_argument("--runs", type=Path, default=REPO / "runs" / "pretrained")
+    p.add_argument("--pretrained-dir", type=Path, default=REPO / "deblurcli" / "pretrained")
+    p.add_argument("--manifest", type=Path, default=REPO / "deblurcli" / "weights_manifest.toml")
+    p.add_argument("--docs", type=Path, default=REPO / "docs" / "models")
+    p.add_argument("--train-photos", type=Path, help="default: the photo pool's train split")
+    p.add_argument("--val-photos", type=Path, help="default: the photo pool's val split")
+    p.add_argument("--check-photos", type=Path, help="independent photos for a second eval")
+    p.add_argument("--benchmark-dir", type=Path, help="cache of built benchmarks")
+    p.add_argument("--speed-size", type=_size, default=(1920, 1080), help="WxH for MP/s, or none")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plans = load_plan(args.plan)
+    if args.arch:
+        unknown = set(args.arch) - set(plans)
+        if unknown:
+            raise SystemExit(f"not in the plan: {', '.join(sorted(unknown))}")
+        plans = {a: p for a, p in plans.items() if a in args.arch}
+    for plan in plans.values():
+        if args.steps is not None:
+            plan["steps"] = args.steps
+        if args.threads is not None:
+            plan["threads"] = args.threads
+    if args.train_photos is None or args.val_photos is None:
+        from deblurcli.data.photo_pool import split_dir
+
+        args.train_photos = args.train_photos or split_dir("train")
+        args.val_photos = args.val_photos or split_dir("val")
+    paths = Paths(
+        runs=args.runs,
+        pretrained=args.pretrained_dir,
+        manifest=args.manifest,
+        docs=args.docs,
+        train_photos=args.train_photos.resolve(),
+        val_photos=args.val_photos.resolve(),
+        check_photos=args.check_photos.resolve() if args.check_photos else None,
+        benchmark_cache=args.benchmark_dir,
+    )
+    return run_all(plans, paths, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
