@@ -113,10 +113,11 @@ def deblur_cmd(*args: str) -> list[str]:
 
 
 def shown(cmd: list[str]) -> str:
-    """A command as a user would type it (``deblur ...``)."""
+    """A command as a user would type it: ``deblur ...``, paths under the repo relative."""
     if cmd[:3] == [sys.executable, "-m", "deblurcli"]:
         cmd = ["deblur", *cmd[3:]]
-    return shlex.join(cmd)
+    prefix = f"{REPO}{os.sep}"
+    return shlex.join(a[len(prefix) :] if a.startswith(prefix) else a for a in cmd)
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -165,14 +166,15 @@ def train_command(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> 
     for key in ("patch_size", "batch_size", "steps", "seed", "val_every", "ckpt_every"):
         cmd += [f"--{key.replace('_', '-')}", str(plan[key])]
     cmd += ["--precision", plan["precision"], "--workers", "0"]
-    if width != "default":
+    if width != "default":  # smoke runs: the arch's tiny config, not the plan's
         cmd += ["--width", width]
     for key in ("lr", "loss", "n_critic"):
         if plan.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(plan[key])]
     if plan.get("adversarial") is False:
         cmd.append("--no-adversarial")
-    cmd += config_args(plan["config"])
+    if width == "default":
+        cmd += config_args(plan["config"])
     return deblur_cmd(*cmd, "--json")
 
 
@@ -322,10 +324,13 @@ def before_after(model_path: Path, bench: Path, target: Path, crop: int = 160) -
     return rel.as_posix()
 
 
-def benchmark_folder(photos: Path, paths: Paths) -> Path:
-    from deblurcli.evaluation.benchmark import ensure_benchmark
-
-    return ensure_benchmark(photos=photos, cache=paths.benchmark_cache)
+def benchmark_rule(bench: Path) -> str:
+    """How the benchmark at ``bench`` was built (its ``benchmark.json`` rule)."""
+    try:
+        info = json.loads((bench / "benchmark.json").read_text(encoding="utf-8"))
+        return f"deblur eval --benchmark {info['rule']}, {info['pairs']} pairs"
+    except (OSError, KeyError, ValueError):
+        return "deblur eval --benchmark"
 
 
 # ---------------------------------------------------------------- manifest
@@ -518,7 +523,7 @@ def pipeline(
         scores["restore_mp_per_s"] = round(info["mp_per_s"], 4)
     paths.docs.mkdir(parents=True, exist_ok=True)
     picture = paths.docs / f"{arch}.png"
-    bench = benchmark_folder(paths.val_photos, paths)
+    bench = Path(info["eval"]["settings"]["data"])
     info["picture_source"] = before_after(target, bench, picture)
     out.entry = {
         "name": arch,
@@ -532,8 +537,7 @@ def pipeline(
         "dataset": dataset_text(paths, plan),
         "recipe": trained["command"],
         "scores": scores,
-        "benchmark": info["eval"].get("settings", {}).get("benchmark")
-        or f"deblur eval --benchmark on {paths.val_photos.name} photos",
+        "benchmark": benchmark_rule(bench),
         "shipped": True,
         "description": f"{info['title']}, trained on CPU for {trained['step']} steps; "
         f"recipe {info['recipe']}",
