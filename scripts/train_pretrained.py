@@ -37,6 +37,9 @@ else:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parent.parent
 PLAN_PATH = Path(__file__).resolve().parent / "pretrained_plan.toml"
+# This checkout's package, not whichever deblurcli happens to be installed.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 MAX_FILE_BYTES = 30 * 1000 * 1000
 MAX_TOTAL_BYTES = 100 * 1000 * 1000
 _ARCH_KEYS = {"config", "config_null", "steps", "lr", "loss", "adversarial", "n_critic"}
@@ -123,6 +126,7 @@ def shown(cmd: list[str]) -> str:
 def thread_env(threads: int) -> dict[str, str]:
     """The environment of a worker process limited to ``threads`` threads."""
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     return env
@@ -139,6 +143,13 @@ def run_logged(cmd: list[str], log: Path, threads: int) -> subprocess.CompletedP
         )
         f.write(proc.stdout)
     return proc
+
+
+def failure(what: str, proc: subprocess.CompletedProcess, log: Path) -> RuntimeError:
+    """The error of a failed command, quoting its last log line."""
+    lines = [ln for ln in log.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    return RuntimeError(f"{what} failed (exit {proc.returncode}): {last} (log: {log})")
 
 
 def last_json(text: str) -> dict[str, Any]:
@@ -190,7 +201,7 @@ def train(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> dict[str
     resume = (run / "checkpoints" / "last.pt").is_file()
     proc = run_logged(cmd + (["--resume"] if resume else []), run / "pipeline.log", plan["threads"])
     if proc.returncode != 0:
-        raise RuntimeError(f"deblur train failed (exit {proc.returncode}); see {run}/pipeline.log")
+        raise failure("deblur train", proc, run / "pipeline.log")
     result = last_json(proc.stdout)
     result["command"] = shown(cmd)
     done.write_text(json.dumps(result, indent=2))
@@ -233,7 +244,7 @@ def evaluate(model: Path, photos: Path, paths: Paths, log: Path, threads: int) -
     cmd = deblur_cmd(*cmd, "--model", str(model), "--model", "unsharp", "--json")
     proc = run_logged(cmd, log, threads)
     if proc.returncode != 0:
-        raise RuntimeError(f"deblur eval failed (exit {proc.returncode}); see {log}")
+        raise failure("deblur eval", proc, log)
     result = last_json(proc.stdout)
     result["command"] = shown(cmd)
     return result
@@ -494,6 +505,8 @@ def pipeline(
     run = paths.runs / arch
     log = run / "pipeline.log"
     trained = train(arch, plan, paths, args.width)
+    if args.train_only:
+        return out
     target = export_fp16(run, paths.pretrained / f"{arch}.safetensors")
     out.file = target
     model = load_model(target)
@@ -560,15 +573,17 @@ def run_all(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Names
         except Exception as exc:  # report and go on with the other archs
             outcome = Outcome(arch, error=f"{type(exc).__name__}: {exc}")
         with lock:
-            status = outcome.error or ", ".join(
-                f"{k}: {'ok' if v else 'FAIL'}" for k, v in outcome.bars.items()
+            status = (
+                outcome.error
+                or ("trained" if args.train_only else None)
+                or ", ".join(f"{k}: {'ok' if v else 'FAIL'}" for k, v in outcome.bars.items())
             )
             print(f"[{arch}] {status}", flush=True)
         return outcome
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         outcomes = list(pool.map(one, list(plans)))
-    done = [o for o in outcomes if o.error is None]
+    done = [o for o in outcomes if o.error is None and o.entry]
     total = sum(o.entry["size"] for o in done)
     if total > MAX_TOTAL_BYTES:
         print(f"warning: shipped files total {total / 1e6:.1f} MB (> 100 MB)", flush=True)
@@ -577,7 +592,7 @@ def run_all(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Names
         default = default_arch if default_arch in names else None
         write_manifest(paths.manifest, [o.entry for o in done], default)
         print(f"manifest: {len(done)} model(s) written to {paths.manifest}", flush=True)
-    return 1 if len(done) < len(outcomes) else 0
+    return 1 if any(o.error for o in outcomes) else 0
 
 
 def _manifest_names(path: Path) -> set[str]:
@@ -599,6 +614,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=6, help="archs trained concurrently [6]")
     p.add_argument("--threads", type=int, help="torch threads per process (default: plan's)")
     p.add_argument("--steps", type=int, help="override every arch's steps (smoke runs)")
+    p.add_argument(
+        "--train-only", action="store_true", help="train (or resume) only; no export or eval"
+    )
     p.add_argument("--width", default="default", help="default, or tiny (smoke runs, tests)")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "pretrained")
     p.add_argument("--pretrained-dir", type=Path, default=REPO / "deblurcli" / "pretrained")

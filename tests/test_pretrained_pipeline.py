@@ -1,0 +1,183 @@
+"""scripts/train_pretrained.py: the plan, the manifest writer, and a real tiny run end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from skimage import data as skdata
+from skimage.metrics import peak_signal_noise_ratio
+
+from deblurcli.archs import count_parameters, create, list_archs, resolve_config
+from deblurcli.errors import ManifestError
+from deblurcli.imageio import ImageData, find_images, read_image, write_image
+from deblurcli.weights import load_model
+from deblurcli.weights.manifest import MANIFEST_PATH, load_manifest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "train_pretrained.py"
+
+
+def _driver():
+    spec = importlib.util.spec_from_file_location("train_pretrained", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+tp = _driver()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_plan_covers_every_arch_with_valid_shippable_configs():
+    plans = tp.load_plan()
+    assert set(plans) == set(list_archs())
+    total = 0
+    for arch, plan in plans.items():
+        resolve_config(arch, **plan["config"])  # every key exists in the arch
+        with torch.device("meta"):
+            params = count_parameters(create(arch, **plan["config"]))
+        assert params * 2 <= tp.MAX_FILE_BYTES, arch  # fp16 file under 30 MB
+        total += params * 2
+        assert plan["steps"] > 0 and plan["patch_size"] % 32 == 0
+    assert total <= tp.MAX_TOTAL_BYTES
+    assert plans["simplecnn"]["default_model"] in plans
+
+
+def test_plan_rejects_unknown_keys(tmp_path):
+    bad = tmp_path / "plan.toml"
+    bad.write_text("[defaults]\nsteps_typo = 3\n[arch.simplecnn]\nsteps = 1\n")
+    with pytest.raises(tp.PlanError, match="steps_typo"):
+        tp.load_plan(bad)
+
+
+def _entry(name: str, sha: str = "0" * 64) -> dict:
+    return {
+        "name": name,
+        "arch": name,
+        "file": f"{name}.safetensors",
+        "sha256": sha,
+        "size": 10,
+        "license": "GPL-2+",
+        "config": {"width": 8} if name == "skipae" else {"widths": [8] * 6},
+        "recipe": "deblur train --config 'widths=[8]' \"quoted\" ×",
+        "scores": {"psnr": 30.5},
+    }
+
+
+def test_write_manifest_adds_replaces_and_keeps_comments(tmp_path):
+    manifest = tmp_path / "weights_manifest.toml"
+    manifest.write_text(MANIFEST_PATH.read_text(encoding="utf-8"), encoding="utf-8")
+    tp.write_manifest(manifest, [_entry("simplecnn"), _entry("skipae")], "simplecnn")
+    tp.write_manifest(manifest, [_entry("skipae", "a" * 64)], "simplecnn")
+    loaded = load_manifest(manifest)
+    assert loaded.names() == ["simplecnn", "skipae"]
+    assert loaded.default == "simplecnn"
+    skipae = loaded.entries[1]
+    assert skipae.sha256 == "a" * 64 and skipae.recipe == _entry("x")["recipe"]
+    assert "# Example entry documenting every key" in manifest.read_text(encoding="utf-8")
+
+
+def test_write_manifest_never_writes_an_invalid_manifest(tmp_path):
+    manifest = tmp_path / "weights_manifest.toml"
+    manifest.write_text(MANIFEST_PATH.read_text(encoding="utf-8"), encoding="utf-8")
+    before = manifest.read_bytes()
+    with pytest.raises(ManifestError):
+        tp.write_manifest(manifest, [{**_entry("simplecnn"), "sha256": "nothex"}], None)
+    assert manifest.read_bytes() == before
+
+
+def _photo_pool(root: Path) -> tuple[Path, Path, Path]:
+    """Two train photos, two val photos and two 'independent' photos, as real PNG files."""
+    photos = {
+        "train": [skdata.astronaut(), skdata.chelsea()],
+        "val": [skdata.coffee(), skdata.rocket()],
+        "check": [skdata.astronaut()[200:, 150:], skdata.coffee()[100:, 200:]],
+    }
+    for split, images in photos.items():
+        for i, pixels in enumerate(images):
+            small = pixels[::4, ::4][:72, :96].astype(np.float32) / 255.0
+            write_image(root / split / f"photo{i}.png", ImageData(small, bit_depth=8))
+    return root / "train", root / "val", root / "check"
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DEBLURCLI_CACHE": str(tmp_path / "cache")}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
+    train, val, check = _photo_pool(tmp_path / "pool")
+    manifest = tmp_path / "pkg" / "weights_manifest.toml"
+    manifest.parent.mkdir()
+    manifest.write_text(MANIFEST_PATH.read_text(encoding="utf-8"), encoding="utf-8")
+    real_manifest = _sha256(MANIFEST_PATH)
+    common = ["--arch", "simplecnn", "--width", "tiny", "--jobs", "1"]
+    common += ["--runs", str(tmp_path / "runs"), "--manifest", str(manifest)]
+    common += ["--pretrained-dir", str(manifest.parent / "pretrained")]
+    common += ["--docs", str(tmp_path / "docs"), "--benchmark-dir", str(tmp_path / "bench")]
+    common += ["--train-photos", str(train), "--val-photos", str(val)]
+    common += ["--check-photos", str(check), "--speed-size", "64x48"]
+
+    first = _run([*common, "--steps", "1", "--train-only"], tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "simplecnn" not in load_manifest(manifest).names()  # --train-only registers nothing
+    # A longer budget continues the same run (deblur train --resume), not a fresh one.
+    second = _run([*common, "--steps", "2"], tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+    run = tmp_path / "runs" / "simplecnn"
+    log = (run / "pipeline.log").read_text(encoding="utf-8")
+    assert "--steps 2" in log and "--resume" in log
+    assert json.loads((run / "train_result.json").read_text())["step"] == 2
+
+    entry = load_manifest(manifest).entries[0]
+    shipped = manifest.parent / "pretrained" / "simplecnn.safetensors"
+    assert entry.name == "simplecnn" and entry.file == shipped.name and entry.shipped
+    assert entry.sha256 == _sha256(shipped) and entry.size == shipped.stat().st_size
+    assert entry.recipe.startswith("deblur train --arch simplecnn") and "--steps 2" in entry.recipe
+    assert "2 photos: photo0, photo1" in entry.dataset
+    with safe_open(str(shipped), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118
+    model = load_model("simplecnn", manifest=manifest)
+    assert model.arch_config == resolve_config("simplecnn", widths=[8] * 6)
+
+    # The blurry-input score is the benchmark pairs' PSNR, as scikit-image computes it.
+    bench = [p for p in (tmp_path / "bench").iterdir() if p.is_dir()]
+    expected = {}
+    for folder in bench:
+        source = json.loads((folder / "benchmark.json").read_text())["source"]
+        values = [
+            peak_signal_noise_ratio(
+                read_image(s).pixels,
+                read_image(folder / "blurred" / s.relative_to(folder / "sharp")).pixels,
+                data_range=1.0,
+            )
+            for s in find_images(folder / "sharp")
+        ]
+        expected[Path(source).name] = float(np.mean(values))
+    assert entry.scores["blurry_psnr"] == pytest.approx(expected["val"], abs=1e-3)
+    assert entry.scores["check_blurry_psnr"] == pytest.approx(expected["check"], abs=1e-3)
+    for family in ("gaussian", "motion", "noisy"):
+        assert f"{family}_psnr_gain" in entry.scores
+    assert entry.scores["restore_mp_per_s"] > 0
+
+    card = (tmp_path / "docs" / "simplecnn.md").read_text(encoding="utf-8")
+    assert entry.sha256 in card and entry.recipe in card and "Independent check" in card
+    strip = read_image(tmp_path / "docs" / "simplecnn.png").pixels
+    assert strip.shape[1] == 3 * strip.shape[0] + 8
+    assert _sha256(MANIFEST_PATH) == real_manifest  # the real manifest is never touched
