@@ -618,16 +618,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--train-only", action="store_true", help="train (or resume) only; no export or eval"
     )
     p.add_argument("--width", default="default", help="default, or tiny (smoke runs, tests)")
-    p.add_argument("--runs", type=Path, default=REPO / "runs" / "pretrained")
-    p.add_argument("--pretrained-dir", type=Path, default=REPO / "deblurcli" / "pretrained")
-    p.add_argument("--manifest", type=Path, default=REPO / "deblurcli" / "weights_manifest.toml")
-    p.add_argument("--docs", type=Path, default=REPO / "docs" / "models")
+    p.add_argument(
+        "--sandbox",
+        type=Path,
+        help="write everything under DIR (a copy of the manifest, runs, weights, cards)",
+    )
+    p.add_argument("--runs", type=Path, help="run folders [runs/pretrained]")
+    p.add_argument("--manifest", type=Path, help="manifest to update [the bundled one]")
+    p.add_argument("--pretrained-dir", type=Path, help="weights [pretrained/ beside manifest]")
+    p.add_argument("--docs", type=Path, help="model cards [docs/models]")
     p.add_argument("--train-photos", type=Path, help="default: the photo pool's train split")
     p.add_argument("--val-photos", type=Path, help="default: the photo pool's val split")
     p.add_argument("--check-photos", type=Path, help="independent photos for a second eval")
     p.add_argument("--benchmark-dir", type=Path, help="cache of built benchmarks")
     p.add_argument("--speed-size", type=_size, default=(1920, 1080), help="WxH for MP/s, or none")
     return p.parse_args(argv)
+
+
+def output_paths(args: argparse.Namespace) -> dict[str, Path]:
+    """Where runs, weights, manifest and cards go (``--sandbox`` puts them all in one folder)."""
+    from deblurcli.weights.manifest import MANIFEST_PATH
+
+    base = args.sandbox
+    manifest = args.manifest or (base / MANIFEST_PATH.name if base else MANIFEST_PATH)
+    if base is not None and not manifest.exists():
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(MANIFEST_PATH.read_text(encoding="utf-8"), encoding="utf-8")
+    return {
+        "runs": args.runs or (base / "runs" if base else REPO / "runs" / "pretrained"),
+        "manifest": manifest,
+        # Shipped files live in pretrained/ beside the manifest (how the manifest finds them).
+        "pretrained": args.pretrained_dir or manifest.parent / "pretrained",
+        "docs": args.docs or (base / "docs" if base else REPO / "docs" / "models"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -649,10 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         args.train_photos = args.train_photos or split_dir("train")
         args.val_photos = args.val_photos or split_dir("val")
     paths = Paths(
-        runs=args.runs,
-        pretrained=args.pretrained_dir,
-        manifest=args.manifest,
-        docs=args.docs,
+        **output_paths(args),
         train_photos=args.train_photos.resolve(),
         val_photos=args.val_photos.resolve(),
         check_photos=args.check_photos.resolve() if args.check_photos else None,

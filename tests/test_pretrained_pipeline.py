@@ -123,14 +123,10 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
     train, val, check = _photo_pool(tmp_path / "pool")
-    manifest = tmp_path / "pkg" / "weights_manifest.toml"
-    manifest.parent.mkdir()
-    manifest.write_text(MANIFEST_PATH.read_text(encoding="utf-8"), encoding="utf-8")
+    manifest = tmp_path / "weights_manifest.toml"  # --sandbox copies the real one here
     real_manifest = _sha256(MANIFEST_PATH)
-    common = ["--arch", "simplecnn", "--width", "tiny", "--jobs", "1"]
-    common += ["--runs", str(tmp_path / "runs"), "--manifest", str(manifest)]
-    common += ["--pretrained-dir", str(manifest.parent / "pretrained")]
-    common += ["--docs", str(tmp_path / "docs"), "--benchmark-dir", str(tmp_path / "bench")]
+    common = ["--arch", "simplecnn", "--width", "tiny", "--jobs", "1", "--sandbox", str(tmp_path)]
+    common += ["--benchmark-dir", str(tmp_path / "bench")]
     common += ["--train-photos", str(train), "--val-photos", str(val)]
     common += ["--check-photos", str(check), "--speed-size", "64x48"]
 
