@@ -49,7 +49,7 @@ class DegradeOptions:
     gaussian_sigma: tuple[float, float] = (0.5, 3.0)
     gaussian_anisotropic_prob: float = 0.5
     motion_length: tuple[float, float] = (5.0, 25.0)
-    motion_anxiety: tuple[float, float] = (0.0, 0.1)
+    motion_anxiety: tuple[float, float] = K.ANXIETY
     linear_motion_prob: float = 0.15
     linear_length: tuple[float, float] = (3.0, 21.0)
     defocus_radius: tuple[float, float] = (1.0, 5.0)

@@ -15,6 +15,9 @@ import cv2
 import numpy as np
 
 TRAJECTORY_STEPS = 1000
+# DeblurGAN draws its "expl" (anxiety) from 5e-5..5e-3; the total turning of a path scales
+# with anxiety²·steps, independent of its length, so kernels keep their look at any size.
+ANXIETY = (0.0005, 0.005)
 # A rank-1 kernel is applied as two 1-D passes; this is the relative size the second
 # singular value may have for the kernel to count as separable.
 _SEPARABLE_TOL = 1e-6
@@ -126,9 +129,10 @@ def random_trajectory(
     A constant-speed random walk of total path ``length`` px: each step the velocity gets a
     Gaussian shake and a centripetal pull back toward where the motion started, and now and
     then an impulsive near-reversal of direction. ``anxiety`` scales all three (0 gives a
-    straight line); the shake, pull and reversal strengths are drawn per trajectory.
+    straight line; default drawn from ``ANXIETY``); the shake, pull and reversal strengths
+    are drawn per trajectory as in the paper's reference code.
     """
-    anxiety = float(rng.uniform(0.0, 0.1)) if anxiety is None else float(anxiety)
+    anxiety = float(rng.uniform(*ANXIETY)) if anxiety is None else float(anxiety)
     centripetal = float(rng.uniform(0.0, 0.7))
     big_shake_prob = float(rng.uniform(0.0, 0.2))
     shake = float(rng.uniform(0.0, 10.0))
@@ -223,7 +227,8 @@ def convolve(image: np.ndarray, kernel: np.ndarray, method: str = "auto") -> np.
     if kernel.ndim != 2 or kernel.shape[0] % 2 == 0 or kernel.shape[1] % 2 == 0:
         raise ValueError("kernel must be 2-D with odd sides")
     if method == "auto":
-        if max(kernel.shape) >= _FFT_MIN_SIDE:
+        fits = kernel.shape[0] < image.shape[0] and kernel.shape[1] < image.shape[1]
+        if max(kernel.shape) >= _FFT_MIN_SIDE and fits:
             method = "fft"
         else:
             method = "separable" if _separable(kernel) is not None else "filter2d"
