@@ -16,6 +16,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -361,7 +362,8 @@ def process_image(job: _Job) -> dict[str, Any]:
             np.save(f, result.kernel.astype(np.float32), allow_pickle=False)
     if job.geometry.identity and _orientation(job.source) == 1:
         # Nothing to change: the source bytes are the exact sharp image (no re-encode loss).
-        atomic_write_bytes(sharp, job.source.read_bytes())
+        with atomic_path(sharp) as tmp:
+            shutil.copyfile(job.source, tmp)
     else:
         write_image(sharp, data, png_compress_level=PNG_COMPRESS_LEVEL)
     write_image(blurred, data.with_pixels(result.image), png_compress_level=PNG_COMPRESS_LEVEL)
