@@ -290,3 +290,28 @@ def test_progress_callback_sees_every_image(photos, tmp_path):
     )
     assert summary.ok and [e.done for e in events] == list(range(1, 7))
     assert {e.status for e in events} == {"written"} and events[-1].total == 6
+
+
+def test_exif_orientation_and_other_formats(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    pixels = _u8(natural_image(36, 44, seed=9))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated to portrait
+    Image.fromarray(pixels).save(src / "rotated.jpg", exif=exif, quality=95)
+    for suffix in ("bmp", "tif", "webp"):
+        Image.fromarray(pixels).save(src / f"plain.{suffix}")
+    result = _blur(str(src), "-o", str(out), "--kind", "gaussian", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["written"] == 4
+    shown = read_image(src / "rotated.jpg").pixels
+    assert shown.shape == (44, 36, 3)
+    for side in ("sharp", "blurred"):
+        again = read_image(out / side / "rotated.jpg")
+        assert again.pixels.shape == (44, 36, 3)
+    assert np.abs(read_image(out / "sharp" / "rotated.jpg").pixels - shown).mean() < 0.02
+    for suffix in ("bmp", "tif", "webp"):
+        assert read_image(out / "blurred" / f"plain.{suffix}").pixels.shape == (36, 44, 3)
+        assert (out / "sharp" / f"plain.{suffix}").read_bytes() == (
+            src / f"plain.{suffix}"
+        ).read_bytes()
