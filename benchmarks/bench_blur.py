@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import tempfile
@@ -75,10 +76,19 @@ def ours(src: Path, out: Path, workers: int) -> None:
     assert summary.ok and summary.written > 0
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def _cpu() -> float:
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and its finished children)."""
+    start, cpu = time.perf_counter(), _cpu()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu() - cpu
 
 
 def breakdown(src: Path, count: int) -> None:
@@ -132,17 +142,22 @@ def main() -> None:
             "deblur blur, 1 worker": lambda out: ours(src, out, 1),
             f"deblur blur, {workers} workers": lambda out: ours(src, out, workers),
         }
-        times: dict[str, list[float]] = {name: [] for name in runs}
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
         for r in range(rounds):
-            for name, fn in runs.items():
-                out = Path(tmp) / f"out-{r}-{len(times[name])}-{abs(hash(name))}"
+            for i, (name, fn) in enumerate(runs.items()):
+                out = Path(tmp) / f"out-{r}-{i}"
                 times[name].append(timed(lambda f=fn, o=out: f(o)))
                 shutil.rmtree(out)
-        print(f"{count} images of 512×512, {rounds} rounds, {os.cpu_count()} CPUs visible")
-        rate = {name: count / statistics.median(t) for name, t in times.items()}
-        base = rate["baseline PIL/cv2 loop"]
-        for name, value in rate.items():
-            print(f"  {name:28s} {value:7.1f} images/s   {value / base:5.2f}× baseline")
+        load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+        print(f"{count} images of 512×512, {rounds} rounds, {workers} cores, load {load}")
+        rate = {n: count / statistics.median(w for w, _ in t) for n, t in times.items()}
+        cpu = {n: statistics.median(c for _, c in t) / count * 1e3 for n, t in times.items()}
+        base = "baseline PIL/cv2 loop"
+        for name in runs:
+            print(
+                f"  {name:28s} {rate[name]:7.1f} images/s  {rate[name] / rate[base]:5.2f}× "
+                f"baseline   {cpu[name]:6.1f} CPU ms/image ({cpu[base] / cpu[name]:.2f}× less)"
+            )
         breakdown(src, min(count, 20))
 
 

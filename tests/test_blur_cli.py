@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -315,3 +317,32 @@ def test_exif_orientation_and_other_formats(tmp_path):
         assert (out / "sharp" / f"plain.{suffix}").read_bytes() == (
             src / f"plain.{suffix}"
         ).read_bytes()
+
+
+def test_a_killed_run_leaves_no_truncated_image_and_resumes(tmp_path):
+    src, out, clean = tmp_path / "src", tmp_path / "out", tmp_path / "clean"
+    src.mkdir()
+    for i in range(40):
+        Image.fromarray(_u8(natural_image(160, 160, seed=i))).save(src / f"{i:02d}.png")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deblurcli", "blur", str(src), "-o", str(out), "-k", "motion"],
+        start_new_session=True,  # its own process group: the kill reaches the workers too
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ,
+    )
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 180
+    while proc.poll() is None and time.monotonic() < deadline:
+        if manifest.exists() and manifest.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for path in out.rglob("*.png"):
+        if not path.name.startswith("."):
+            read_image(path)  # every image in place decodes completely
+    resumed = synthesize_dataset(src, out, "motion", workers=1)
+    assert resumed.ok and resumed.skipped >= 3 and resumed.written + resumed.skipped == 40
+    synthesize_dataset(src, clean, "motion", workers=1)
+    assert _snapshot(out) == _snapshot(clean)

@@ -33,9 +33,11 @@ from deblurcli.imageio import (
     ImageData,
     atomic_path,
     atomic_write_bytes,
+    encode_image,
     find_images,
+    is_partial_file,
+    output_format,
     read_image,
-    write_image,
 )
 
 MANIFEST = "manifest.jsonl"
@@ -182,6 +184,7 @@ def synthesize_dataset(
             jobs.append(_Job(src / rel, rel, out, kind, seed, options, geometry, settings))
 
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(out, {job.rel for job in jobs})
     with open(manifest_path, "a", encoding="utf-8") as log:
         for rel, record, error in _run(jobs, workers):
             if error is None:
@@ -287,6 +290,29 @@ def _is_done(out: Path, rel: str, record: dict[str, Any] | None) -> bool:
     return all(f.is_file() for f in files)
 
 
+def _remove_stale_parts(out: Path, rels: set[str]) -> None:
+    """Delete temporary files a killed run left for the images about to be redone.
+
+    Only those images' leftovers: another shard may be writing into the same folder.
+    """
+    if not rels:
+        return
+    for sub in ("sharp", "blurred", "kernels"):
+        base = out / sub
+        for root, _dirs, files in os.walk(base):
+            for name in files:
+                path = Path(root) / name
+                if not is_partial_file(path):
+                    continue
+                # atomic_path names them ".<target name>.<random>.part"
+                target = path.with_name(name[1:-5].rsplit(".", 1)[0])
+                rel = target.relative_to(base).as_posix()
+                if sub == "kernels":
+                    rel = rel.removesuffix(".npy")
+                if rel in rels:
+                    path.unlink(missing_ok=True)
+
+
 def _write_manifest(path: Path, known: dict[str, dict[str, Any]]) -> None:
     """Rewrite the manifest sorted by path, so it does not depend on completion order."""
     text = "".join(json.dumps(known[k], sort_keys=True) + "\n" for k in sorted(known))
@@ -342,6 +368,8 @@ def _process_safely(job: _Job) -> tuple[str, dict | None, str | None]:
         return job.rel, process_image(job), None
     except DeblurError as exc:
         return job.rel, None, str(exc)
+    except MemoryError:
+        return job.rel, None, f"{job.source}: out of memory (try --resize or --crop)"
     except (OSError, ValueError, cv2.error) as exc:
         return job.rel, None, f"{job.source}: {exc}"
 
@@ -365,8 +393,8 @@ def process_image(job: _Job) -> dict[str, Any]:
         with atomic_path(sharp) as tmp:
             shutil.copyfile(job.source, tmp)
     else:
-        write_image(sharp, data, png_compress_level=PNG_COMPRESS_LEVEL)
-    write_image(blurred, data.with_pixels(result.image), png_compress_level=PNG_COMPRESS_LEVEL)
+        _write(sharp, data)
+    _write(blurred, data.with_pixels(result.image))
 
     h, w = data.pixels.shape[:2]
     return {
@@ -384,6 +412,14 @@ def process_image(job: _Job) -> dict[str, Any]:
         "settings": job.settings,
         **result.record,
     }
+
+
+def _write(path: Path, image: ImageData) -> None:
+    """Encode and rename into place. No fsync per file: it cost more than the encoding on
+    the disks measured, and renaming already keeps a killed run from leaving a torn file."""
+    data = encode_image(image, output_format(path), png_compress_level=PNG_COMPRESS_LEVEL)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _orientation(path: Path) -> int:
