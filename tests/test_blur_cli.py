@@ -346,3 +346,18 @@ def test_a_killed_run_leaves_no_truncated_image_and_resumes(tmp_path):
     assert resumed.ok and resumed.skipped >= 3 and resumed.written + resumed.skipped == 40
     synthesize_dataset(src, clean, "motion", workers=1)
     assert _snapshot(out) == _snapshot(clean)
+
+
+def test_find_pairs_reads_the_dataset_and_its_kernels(photos, tmp_path):
+    from deblurcli.data.pairs import find_pairs
+
+    out = tmp_path / "out"
+    assert synthesize_dataset(photos, out, "motion", workers=1).ok
+    scan = find_pairs(out)
+    assert not scan.problems and len(scan.pairs) == 6
+    assert scan.dataset_root is not None and Path(scan.dataset_root) == out
+    for pair in scan.pairs:
+        assert (
+            pair.sharp == out / "sharp" / pair.name and pair.blurred == out / "blurred" / pair.name
+        )
+        assert load_kernel(scan.dataset_root, pair.name) is not None
