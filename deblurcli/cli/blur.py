@@ -21,6 +21,11 @@ from deblurcli.degradations import (
 from deblurcli.errors import UsageError
 
 
+def _default(name: str) -> str:
+    lo, hi = getattr(DegradeOptions(), name)
+    return f"{lo:g}:{hi:g}"
+
+
 def _range(text: str | None, option: str, cast: type = float) -> tuple | None:
     if text is None:
         return None
@@ -94,13 +99,24 @@ def blur(
     ),
     resize: str | None = typer.Option(None, "--resize", help="Resize both images to WxH."),
     crop: int | None = typer.Option(None, "--crop", help="Centre-crop both images to NxN."),
-    sigma: str | None = typer.Option(None, "--sigma", help="Gaussian sigma px, A or A:B."),
-    motion_length: str | None = typer.Option(
-        None, "--motion-length", help="Motion path length px, A or A:B."
+    sigma: str | None = typer.Option(
+        None, "--sigma", help=f"Gaussian sigma px, A or A:B (default {_default('gaussian_sigma')})."
     ),
-    radius: str | None = typer.Option(None, "--radius", help="Defocus disk radius px, A or A:B."),
+    motion_length: str | None = typer.Option(
+        None,
+        "--motion-length",
+        help=f"Motion path length px, A or A:B (default {_default('motion_length')}).",
+    ),
+    radius: str | None = typer.Option(
+        None,
+        "--radius",
+        help=f"Defocus disk radius px, A or A:B (default {_default('defocus_radius')}).",
+    ),
     noise_sigma: str | None = typer.Option(
-        None, "--noise-sigma", help="Noise std in [0,1] units, A or A:B; adds noise to blur kinds."
+        None,
+        "--noise-sigma",
+        help=f"Noise std in [0,1] units, A or A:B (default {_default('noise_sigma')}); "
+        "adds noise to blur kinds.",
     ),
     noise_type: str = typer.Option(
         "both", "--noise-type", help="gaussian, poisson or both (drawn per image)."
