@@ -94,6 +94,11 @@ def test_resume_skips_done_images_and_overwrite_redoes_them(photos, tmp_path):
     assert (third["written"], third["skipped"]) == (1, 5)
     assert _snapshot(out) == complete
 
+    (out / "blurred" / "a.png").write_bytes(b"")  # what a power cut can leave behind
+    fourth = json.loads(_blur(str(photos), "-o", str(out), "--kind", "motion", "--json").stdout)
+    assert (fourth["written"], fourth["skipped"]) == (1, 5)
+    assert _snapshot(out) == complete
+
     again = _blur(str(photos), "-o", str(out), "--kind", "motion", "--overwrite", "--json")
     assert json.loads(again.stdout)["written"] == 6
     assert _snapshot(out) == complete

@@ -287,7 +287,14 @@ def _is_done(out: Path, rel: str, record: dict[str, Any] | None) -> bool:
     files = [out / "sharp" / rel, out / "blurred" / rel]
     if record.get("kernel"):
         files.append(out / record["kernel"])
-    return all(f.is_file() for f in files)
+    return all(_non_empty(f) for f in files)
+
+
+def _non_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0  # a power cut can leave renamed but empty files
+    except OSError:
+        return False
 
 
 def _remove_stale_parts(out: Path, rels: set[str]) -> None:
