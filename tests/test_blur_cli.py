@@ -366,3 +366,29 @@ def test_find_pairs_reads_the_dataset_and_its_kernels(photos, tmp_path):
             pair.sharp == out / "sharp" / pair.name and pair.blurred == out / "blurred" / pair.name
         )
         assert load_kernel(scan.dataset_root, pair.name) is not None
+
+
+def test_leftover_temp_files_of_redone_images_are_removed(photos, tmp_path):
+    out = tmp_path / "out"
+    (out / "blurred" / "trip").mkdir(parents=True)
+    mine = out / "blurred" / ".a.png.k9qiccnn.part"  # a killed run's half-written a.png
+    other = out / "blurred" / "trip" / ".c.png.zzzzzzzz.part"  # not in this --limit selection
+    mine.write_bytes(b"\x89PNG half")
+    other.write_bytes(b"\x89PNG half")
+    assert synthesize_dataset(photos, out, "gaussian", limit=1, workers=1).written == 1
+    assert not mine.exists() and other.exists()
+
+
+def test_progress_bar_on_a_terminal(photos, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from deblurcli.cli import blur as blur_cli
+
+    screen = io.StringIO()
+    monkeypatch.setattr(blur_cli, "err_console", Console(file=screen, force_terminal=True))
+    (photos / "broken.png").write_bytes(b"junk")
+    summary = blur_cli._run_with_progress(photos, tmp_path / "out", "defocus", workers=2)
+    assert summary.written == 6 and [p for p, _ in summary.failed] == ["broken.png"]
+    assert "broken.png" in screen.getvalue()
