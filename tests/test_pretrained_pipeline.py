@@ -177,3 +177,46 @@ def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
     strip = read_image(tmp_path / "docs" / "simplecnn.png").pixels
     assert strip.shape[1] == 3 * strip.shape[0] + 8
     assert _sha256(MANIFEST_PATH) == real_manifest  # the real manifest is never touched
+
+
+def _make_example_module():
+    path = REPO / "scripts" / "make_example.py"
+    spec = importlib.util.spec_from_file_location("make_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_example_is_a_reproducible_motion_blurred_crop(tmp_path):
+    me = _make_example_module()
+    photo = tmp_path / "photos" / me.PHOTO
+    rng = np.random.default_rng(1)
+    write_image(photo, ImageData(rng.random((640, 810, 3), dtype=np.float32), bit_depth=8))
+    me.make_example(photo, tmp_path / "a")
+    me.make_example(photo, tmp_path / "b")
+    assert (tmp_path / "a" / "blurry.png").read_bytes() == (
+        tmp_path / "b" / "blurry.png"
+    ).read_bytes()
+    blurry = read_image(tmp_path / "a" / "blurry.png").pixels
+    sharp = read_image(tmp_path / "a" / "sharp.png").pixels
+    left, top, w, h = me.BOX
+    assert blurry.shape == sharp.shape == (h, w, 3)
+    np.testing.assert_allclose(sharp, read_image(photo).pixels[top : top + h, left : left + w])
+    # Blur removes most of white noise's energy: the crop is far from its sharp target.
+    assert peak_signal_noise_ratio(sharp, blurry, data_range=1.0) < 15
+    assert np.abs(np.diff(blurry, axis=1)).mean() < 0.5 * np.abs(np.diff(sharp, axis=1)).mean()
+
+
+def test_committed_example_matches_the_script(tmp_path):
+    me = _make_example_module()
+    try:
+        from deblurcli.data.photo_pool import split_dir
+
+        photo = split_dir("val") / me.PHOTO
+    except Exception:  # the photo pool is not fetched on this machine
+        pytest.skip("photo pool not prepared (deblur data fetch && deblur data prepare)")
+    if not photo.is_file():
+        pytest.skip("photo pool not prepared")
+    me.make_example(photo, tmp_path)
+    committed = REPO / "examples" / "blurry.png"
+    assert (tmp_path / "blurry.png").read_bytes() == committed.read_bytes()
