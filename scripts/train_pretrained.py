@@ -23,7 +23,6 @@ import os
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -107,6 +106,7 @@ class Outcome:
     file: Path | None = None
     entry: dict[str, Any] = field(default_factory=dict)
     bars: dict[str, bool] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -420,13 +420,20 @@ def _score_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def model_card(arch: str, entry: dict[str, Any], info: dict[str, Any], picture: str | None) -> str:
+def model_card(
+    arch: str, entry: dict[str, Any], info: dict[str, Any], picture: str | None, default: bool
+) -> str:
     """The markdown model card of one pretrained model."""
     lines = [
         f"# `{entry['name']}`: {info['title']}",
         "",
         f"{entry['description']}",
         "",
+        *(
+            ["The default model: `deblur restore` uses it when `--model` is omitted.", ""]
+            if default
+            else []
+        ),
         f"- file: `deblurcli/pretrained/{entry['file']}` (fp16 safetensors, "
         f"{entry['size'] / 1e6:.2f} MB, sha256 `{entry['sha256']}`)",
         f"- config: `{json.dumps(info['arch_config'])}` (registry default: "
@@ -493,10 +500,8 @@ def dataset_text(paths: Paths, plan: dict[str, Any]) -> str:
     )
 
 
-def pipeline(
-    arch: str, plan: dict[str, Any], paths: Paths, args: argparse.Namespace, default: bool
-) -> Outcome:
-    """Train, export, evaluate and describe one arch (the manifest is written by the caller)."""
+def pipeline(arch: str, plan: dict[str, Any], paths: Paths, args: argparse.Namespace) -> Outcome:
+    """Train, export and evaluate one arch (cards and manifest are written by the caller)."""
     from deblurcli.archs import count_parameters, get_spec
     from deblurcli.training.recipes import recipe_for_arch
     from deblurcli.weights import load_model
@@ -512,7 +517,7 @@ def pipeline(
     model = load_model(target)
     info: dict[str, Any] = {
         "title": get_spec(arch).title,
-        "arch_config": {k: v for k, v in model.arch_config.items()},
+        "arch_config": dict(model.arch_config),
         "default_config": get_spec(arch).default_config,
         "params": count_parameters(model),
         "recipe": recipe_for_arch(arch).describe()
@@ -524,20 +529,16 @@ def pipeline(
     }
     info["eval"] = evaluate(target, paths.val_photos, paths, log, plan["threads"])
     scores = flat_scores(info["eval"])
-    info["bars"] = quality_bars(info["eval"], default)
     if paths.check_photos is not None:
         info["check"] = evaluate(target, paths.check_photos, paths, log, plan["threads"])
         scores.update(flat_scores(info["check"], "check_"))
-        bars = quality_bars(info["check"], default)
-        info["bars"].update({f"{k} (check photos)": v for k, v in bars.items()})
     if args.speed_size is not None:
         info["speed_size"] = args.speed_size
         info["mp_per_s"] = restore_speed(target, args.speed_size, plan["threads"])
         scores["restore_mp_per_s"] = round(info["mp_per_s"], 4)
     paths.docs.mkdir(parents=True, exist_ok=True)
-    picture = paths.docs / f"{arch}.png"
     bench = Path(info["eval"]["settings"]["data"])
-    info["picture_source"] = before_after(target, bench, picture)
+    info["picture_source"] = before_after(target, bench, paths.docs / f"{arch}.png")
     out.entry = {
         "name": arch,
         "arch": arch,
@@ -555,41 +556,59 @@ def pipeline(
         "description": f"{info['title']}, trained on CPU for {trained['step']} steps; "
         f"recipe {info['recipe']}",
     }
-    out.bars = info["bars"]
-    card = model_card(arch, out.entry, info, str(picture))
-    (paths.docs / f"{arch}.md").write_text(card, encoding="utf-8")
-    (run / "pipeline_result.json").write_text(json.dumps(info, indent=2, default=str))
+    out.info = info
     return out
 
 
+def pick_default(choice: str | None, done: list[Outcome], manifest: Path) -> str | None:
+    """The model ``--model`` means when omitted: the plan's arch, or ``best`` benchmark gain."""
+    with open(manifest, "rb") as f:
+        known = {m["name"]: m.get("scores", {}) for m in tomllib.load(f).get("model", [])}
+    known.update({o.arch: o.entry["scores"] for o in done})
+    if choice == "best":
+        gains = {n: s["psnr_gain"] for n, s in known.items() if "psnr_gain" in s}
+        return max(gains, key=gains.get) if gains else None
+    return choice if choice in known else None
+
+
+def finish(outcome: Outcome, paths: Paths, is_default: bool) -> None:
+    """The quality bars and the model card of one evaluated arch."""
+    info = outcome.info
+    info["bars"] = quality_bars(info["eval"], is_default)
+    if info.get("check") is not None:
+        bars = quality_bars(info["check"], is_default)
+        info["bars"].update({f"{k} (check photos)": v for k, v in bars.items()})
+    outcome.bars = info["bars"]
+    picture = paths.docs / f"{outcome.arch}.png"
+    card = model_card(outcome.arch, outcome.entry, info, str(picture), is_default)
+    (paths.docs / f"{outcome.arch}.md").write_text(card, encoding="utf-8")
+    result = paths.runs / outcome.arch / "pipeline_result.json"
+    result.write_text(json.dumps(info, indent=2, default=str))
+
+
 def run_all(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Namespace) -> int:
-    """Every arch's pipeline, ``args.jobs`` at a time; then the manifest. Exit status."""
-    default_arch = next(iter(plans.values())).get("default_model")
-    lock = threading.Lock()
+    """Every arch's pipeline, ``args.jobs`` at a time; then cards and manifest. Exit status."""
 
     def one(arch: str) -> Outcome:
         try:
-            outcome = pipeline(arch, plans[arch], paths, args, arch == default_arch)
+            return pipeline(arch, plans[arch], paths, args)
         except Exception as exc:  # report and go on with the other archs
-            outcome = Outcome(arch, error=f"{type(exc).__name__}: {exc}")
-        with lock:
-            status = (
-                outcome.error
-                or ("trained" if args.train_only else None)
-                or ", ".join(f"{k}: {'ok' if v else 'FAIL'}" for k, v in outcome.bars.items())
-            )
-            print(f"[{arch}] {status}", flush=True)
-        return outcome
+            return Outcome(arch, error=f"{type(exc).__name__}: {exc}")
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         outcomes = list(pool.map(one, list(plans)))
     done = [o for o in outcomes if o.error is None and o.entry]
+    choice = next(iter(plans.values())).get("default_model")
+    default = pick_default(choice, done, paths.manifest) if done else None
+    for o in done:
+        finish(o, paths, o.arch == default)
+    for o in outcomes:
+        bars = ", ".join(f"{k}: {'ok' if v else 'FAIL'}" for k, v in o.bars.items())
+        print(f"[{o.arch}] {o.error or bars or 'trained'}", flush=True)
     total = sum(o.entry["size"] for o in done)
     if total > MAX_TOTAL_BYTES:
         print(f"warning: shipped files total {total / 1e6:.1f} MB (> 100 MB)", flush=True)
     if done:
-        names = {o.arch for o in done} | _manifest_names(paths.manifest)
-        default = default_arch if default_arch in names else None
         write_manifest(paths.manifest, [o.entry for o in done], default)
         print(f"manifest: {len(done)} model(s) written to {paths.manifest}", flush=True)
     return 1 if any(o.error for o in outcomes) else 0

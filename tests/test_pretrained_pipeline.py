@@ -20,7 +20,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from deblurcli.archs import count_parameters, create, list_archs, resolve_config
 from deblurcli.errors import ManifestError
 from deblurcli.imageio import ImageData, find_images, read_image, write_image
-from deblurcli.weights import load_model
+from deblurcli.weights import default_model_name, load_model
 from deblurcli.weights.manifest import MANIFEST_PATH, load_manifest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def test_plan_covers_every_arch_with_valid_shippable_configs():
         total += params * 2
         assert plan["steps"] > 0 and plan["patch_size"] % 32 == 0
     assert total <= tp.MAX_TOTAL_BYTES
-    assert plans["simplecnn"]["default_model"] in plans
+    assert plans["simplecnn"]["default_model"] in {"best", *plans}
 
 
 def test_plan_rejects_unknown_keys(tmp_path):
@@ -144,6 +144,7 @@ def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
     entry = load_manifest(manifest).entries[0]
     shipped = manifest.parent / "pretrained" / "simplecnn.safetensors"
     assert entry.name == "simplecnn" and entry.file == shipped.name and entry.shipped
+    assert default_model_name(manifest) == "simplecnn"  # the plan's "best": the only one here
     assert entry.sha256 == _sha256(shipped) and entry.size == shipped.stat().st_size
     assert entry.recipe.startswith("deblur train --arch simplecnn") and "--steps 2" in entry.recipe
     assert "2 photos: photo0, photo1" in entry.dataset
@@ -174,6 +175,7 @@ def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
 
     card = (tmp_path / "docs" / "simplecnn.md").read_text(encoding="utf-8")
     assert entry.sha256 in card and entry.recipe in card and "Independent check" in card
+    assert "The default model" in card and "beats unsharp on motion (default)" in card
     strip = read_image(tmp_path / "docs" / "simplecnn.png").pixels
     assert strip.shape[1] == 3 * strip.shape[0] + 8
     assert _sha256(MANIFEST_PATH) == real_manifest  # the real manifest is never touched
