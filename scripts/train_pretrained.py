@@ -127,7 +127,13 @@ def thread_env(threads: int) -> dict[str, str]:
     """The environment of a worker process limited to ``threads`` threads."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    # OPENCV_FOR_THREADS_NUM: OpenCV's own pool (the on-the-fly blur) ignores OMP_NUM_THREADS.
+    for var in (
+        "OMP_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "OPENCV_FOR_THREADS_NUM",
+    ):
         env[var] = str(threads)
     return env
 
@@ -189,6 +195,25 @@ def train_command(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> 
     return deblur_cmd(*cmd, "--json")
 
 
+def check_same_model(arch: str, plan: dict[str, Any], run: Path, width: str) -> None:
+    """Refuse to resume a run whose model differs from the plan's (the plan was edited)."""
+    from deblurcli.archs import get_spec, resolve_config
+
+    if width != "default":
+        return
+    saved = json.loads((run / "config.json").read_text(encoding="utf-8")).get("arch_config")
+    wanted = resolve_config(arch, **plan["config"])
+    if "encoder_weights" in get_spec(arch).default_config:  # an init choice, not the model
+        saved, wanted = (
+            {k: v for k, v in c.items() if k != "encoder_weights"} for c in (saved, wanted)
+        )
+    if saved != wanted:
+        raise RuntimeError(
+            f"{run} was trained with config {saved}, the plan now says {wanted}; "
+            "remove the run folder to train it afresh"
+        )
+
+
 def train(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> dict[str, Any]:
     """Train (or resume, or skip when finished); the ``deblur train --json`` result."""
     run = paths.runs / arch
@@ -199,6 +224,8 @@ def train(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> dict[str
         if result.get("step", 0) >= plan["steps"] and result.get("command") == shown(cmd):
             return result
     resume = (run / "checkpoints" / "last.pt").is_file()
+    if resume:
+        check_same_model(arch, plan, run, width)
     proc = run_logged(cmd + (["--resume"] if resume else []), run / "pipeline.log", plan["threads"])
     if proc.returncode != 0:
         raise failure("deblur train", proc, run / "pipeline.log")

@@ -222,3 +222,13 @@ def test_committed_example_matches_the_script(tmp_path):
     me.make_example(photo, tmp_path)
     committed = REPO / "examples" / "blurry.png"
     assert (tmp_path / "blurry.png").read_bytes() == committed.read_bytes()
+
+
+def test_resume_refuses_a_run_whose_model_the_plan_changed(tmp_path):
+    plan = tp.load_plan()["resnetencdec"]
+    saved = resolve_config("resnetencdec", **plan["config"])
+    (tmp_path / "config.json").write_text(json.dumps({"arch_config": saved}))
+    tp.check_same_model("resnetencdec", plan, tmp_path, "default")  # same model: fine
+    changed = {**plan, "config": {**plan["config"], "encoder": "resnet34"}}
+    with pytest.raises(RuntimeError, match="remove the run folder"):
+        tp.check_same_model("resnetencdec", changed, tmp_path, "default")
