@@ -159,7 +159,7 @@ def failure(what: str, proc: subprocess.CompletedProcess, log: Path) -> RuntimeE
 
 
 def last_json(text: str) -> dict[str, Any]:
-    """The JSON object a command printed last (rich may print warnings before it)."""
+    """The JSON object that ends a command's output (warnings may come before it)."""
     start = text.find("{")
     while start >= 0:
         try:
