@@ -613,6 +613,29 @@ def finish(outcome: Outcome, paths: Paths, is_default: bool) -> None:
     result.write_text(json.dumps(info, indent=2, default=str))
 
 
+def summary_table(done: list[Outcome], default: str | None) -> str:
+    """A markdown table of every model's benchmark numbers (for the README)."""
+    cols = ["psnr_gain", "gaussian_psnr_gain", "motion_psnr_gain", "noisy_psnr_gain"]
+    cols += ["check_psnr_gain", "restore_mp_per_s"]
+    lines = [
+        "| model | PSNR dB | gain | gaussian | motion | noisy | check photos | MP/s 1080p | MB "
+        "| bars |",
+        "|---|" + "---|" * 9,
+    ]
+    for o in done:
+        s = o.entry["scores"]
+        cells = [f"{s[c]:+.2f}" if c in s and "gain" in c else f"{s.get(c, 0):.3f}" for c in cols]
+        if "check_psnr_gain" not in s:
+            cells[4] = "-"
+        passed = sum(o.bars.values())
+        name = o.arch + (" (default)" if o.arch == default else "")
+        lines.append(
+            f"| {name} | {s['psnr']:.2f} | {' | '.join(cells)} | {o.entry['size'] / 1e6:.1f} "
+            f"| {passed}/{len(o.bars)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def run_all(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Namespace) -> int:
     """Every arch's pipeline, ``args.jobs`` at a time; then cards and manifest. Exit status."""
 
@@ -632,6 +655,10 @@ def run_all(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Names
     for o in outcomes:
         bars = ", ".join(f"{k}: {'ok' if v else 'FAIL'}" for k, v in o.bars.items())
         print(f"[{o.arch}] {o.error or bars or 'trained'}", flush=True)
+    if done:
+        summary = paths.runs / "summary.md"
+        summary.write_text(summary_table(done, default), encoding="utf-8")
+        print(summary.read_text(encoding="utf-8"), flush=True)
     total = sum(o.entry["size"] for o in done)
     if total > MAX_TOTAL_BYTES:
         print(f"warning: shipped files total {total / 1e6:.1f} MB (> 100 MB)", flush=True)

@@ -178,6 +178,8 @@ def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
     assert "The default model" in card and "beats unsharp on motion (default)" in card
     strip = read_image(tmp_path / "docs" / "simplecnn.png").pixels
     assert strip.shape[1] == 3 * strip.shape[0] + 8
+    summary = (tmp_path / "runs" / "summary.md").read_text(encoding="utf-8")
+    assert f"simplecnn (default) | {entry.scores['psnr']:.2f}" in summary
     assert _sha256(MANIFEST_PATH) == real_manifest  # the real manifest is never touched
 
 
