@@ -16,7 +16,9 @@ fit on a small CPU in the background; rerunning the same command after a kill re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 import os
@@ -24,6 +26,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,14 +141,25 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def run_logged(cmd: list[str], log: Path, threads: int) -> subprocess.CompletedProcess:
-    """Run ``cmd``, appending its output to ``log``; stdout is also returned."""
+def run_logged(
+    cmd: list[str], log: Path, threads: int, keep: tuple[int, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Run ``cmd``, appending its output to ``log``; stdout is also returned.
+
+    ``keep``: file descriptors the command inherits (a lock it should hold while it runs).
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n$ {shown(cmd)}\n")
         f.flush()
         proc = subprocess.run(
-            cmd, stdout=subprocess.PIPE, stderr=f, text=True, env=thread_env(threads), check=False
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=f,
+            text=True,
+            env=thread_env(threads),
+            pass_fds=keep,
+            check=False,
         )
         f.write(proc.stdout)
     return proc
@@ -214,6 +228,22 @@ def check_same_model(arch: str, plan: dict[str, Any], run: Path, width: str) -> 
         )
 
 
+@contextlib.contextmanager
+def run_lock(run: Path) -> Iterator[int]:
+    """Hold ``RUN/.train.lock``; yields its fd for the trainer to inherit.
+
+    Passed to ``deblur train``, the lock lives as long as the trainer, so a trainer left
+    running by a killed driver also keeps a second driver off its run folder.
+    """
+    run.mkdir(parents=True, exist_ok=True)
+    with open(run / ".train.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"{run} is being trained by another process") from None
+        yield f.fileno()
+
+
 def train(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> dict[str, Any]:
     """Train (or resume, or skip when finished); the ``deblur train --json`` result."""
     run = paths.runs / arch
@@ -223,10 +253,12 @@ def train(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> dict[str
         result = json.loads(done.read_text())
         if result.get("step", 0) >= plan["steps"] and result.get("command") == shown(cmd):
             return result
-    resume = (run / "checkpoints" / "last.pt").is_file()
-    if resume:
-        check_same_model(arch, plan, run, width)
-    proc = run_logged(cmd + (["--resume"] if resume else []), run / "pipeline.log", plan["threads"])
+    with run_lock(run) as lock:
+        resume = (run / "checkpoints" / "last.pt").is_file()
+        if resume:
+            check_same_model(arch, plan, run, width)
+        args = cmd + (["--resume"] if resume else [])
+        proc = run_logged(args, run / "pipeline.log", plan["threads"], keep=(lock,))
     if proc.returncode != 0:
         raise failure("deblur train", proc, run / "pipeline.log")
     result = last_json(proc.stdout)

@@ -234,3 +234,21 @@ def test_resume_refuses_a_run_whose_model_the_plan_changed(tmp_path):
     changed = {**plan, "config": {**plan["config"], "encoder": "resnet34"}}
     with pytest.raises(RuntimeError, match="remove the run folder"):
         tp.check_same_model("resnetencdec", changed, tmp_path, "default")
+
+
+def test_a_run_being_trained_is_locked_for_the_trainer_lifetime(tmp_path):
+    with tp.run_lock(tmp_path) as fd:
+        with pytest.raises(RuntimeError, match="being trained by another process"):
+            with tp.run_lock(tmp_path):
+                pass
+        # A child that inherited the lock keeps it after the driver lets go of its copy.
+        child = subprocess.Popen(["sleep", "5"], pass_fds=(fd,))
+    try:
+        with pytest.raises(RuntimeError, match="another process"):
+            with tp.run_lock(tmp_path):
+                pass
+    finally:
+        child.kill()
+        child.wait()
+    with tp.run_lock(tmp_path):
+        pass
