@@ -128,7 +128,7 @@ def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
     common = ["--arch", "simplecnn", "--width", "tiny", "--jobs", "1", "--sandbox", str(tmp_path)]
     common += ["--benchmark-dir", str(tmp_path / "bench")]
     common += ["--train-photos", str(train), "--val-photos", str(val)]
-    common += ["--check-photos", str(check), "--speed-size", "64x48"]
+    common += ["--check-photos", str(check), "--speed-size", "64x48", "--speed-threads", "1"]
 
     first = _run([*common, "--steps", "1", "--train-only"], tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -176,6 +176,7 @@ def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
     card = (tmp_path / "docs" / "simplecnn.md").read_text(encoding="utf-8")
     assert entry.sha256 in card and entry.recipe in card and "Independent check" in card
     assert "The default model" in card and "beats unsharp on motion (default)" in card
+    assert "MP/s at 64×48" in card
     strip = read_image(tmp_path / "docs" / "simplecnn.png").pixels
     assert strip.shape[1] == 3 * strip.shape[0] + 8
     summary = (tmp_path / "runs" / "summary.md").read_text(encoding="utf-8")
