@@ -1,0 +1,218 @@
+"""``restore_tensor``: run a model over images of any size, tiled, on any device."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from deblurcli.errors import DeblurError, UsageError
+from deblurcli.inference.device import autocast, pick_device, resolve_precision
+from deblurcli.inference.norm_stats import InstanceNormStats, StopForward
+from deblurcli.inference.tiling import (
+    MIN_TILE,
+    Tile,
+    auto_tile,
+    batched,
+    default_overlap,
+    extract,
+    plan_tiles,
+    size_multiple,
+    tiled_forward,
+)
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int], None]  # (tiles done, tiles total)
+
+
+class OutOfMemory(DeblurError):
+    """Even the smallest tile does not fit in the device's memory."""
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom_type) or "out of memory" in str(exc).lower()
+
+
+class _Runner:
+    """Runs batches on the device; half precision with an fp32 fallback."""
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype | None):
+        self.model, self.device, self.dtype = model, device, dtype
+        self.channels_last = device.type == "cuda"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        x = batch.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.dtype is not None:
+            try:
+                with autocast(self.device, self.dtype):
+                    y = self.model(x).float()
+                if torch.isfinite(y).all():
+                    return y
+                log.warning("non-finite output in %s; redoing in fp32", self.dtype)
+            except RuntimeError as exc:
+                if _is_oom(exc) or "not implemented for" not in str(exc):
+                    raise
+                log.warning("%s is not supported here (%s); using fp32", self.dtype, exc)
+            self.dtype = None  # stay in fp32 for the rest of this image set
+        return self.model(x).float()
+
+
+def parse_tile(value: int | str) -> int | str:
+    """``auto``, ``0`` (whole image) or a positive tile side."""
+    if isinstance(value, str):
+        value = value.strip().lower()
+        if value == "auto":
+            return value
+        if not value.isdigit():
+            raise UsageError(f"--tile must be a number, 0 or 'auto', not {value!r}")
+        value = int(value)
+    if value < 0:
+        raise UsageError("--tile must be >= 0")
+    return value
+
+
+@torch.inference_mode()
+def restore_tensor(
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    tile: int | str = "auto",
+    tile_overlap: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "auto",
+    batch_size: int = 1,
+    norm_stats: bool = True,
+    memory_budget: int | None = None,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Restore ``image`` (N×C×H×W or C×H×W, [0, 1], CPU) with ``model``; same shape, on CPU.
+
+    ``tile``: a side in pixels, ``0`` for the whole image, or ``auto`` (largest tile whose
+    activations fit ``memory_budget`` bytes, by default from the device's free memory). On a
+    CUDA out-of-memory error the tile is halved and the image redone. ``norm_stats`` makes
+    InstanceNorm layers use whole-image statistics when tiling (see :mod:`.norm_stats`).
+    The model is moved to ``device`` and put in eval mode.
+    """
+    dev = device if isinstance(device, torch.device) else pick_device(device or "auto")
+    model.eval().to(dev)
+    if dev.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    runner = _Runner(model, dev, resolve_precision(precision, dev, model))
+    single = image.dim() == 3
+    batch = image[None] if single else image
+    gray = batch.shape[1] == 1
+    if gray:
+        batch = batch.expand(-1, 3, -1, -1)
+    multiple = size_multiple(model)
+    overlap = default_overlap(model) if tile_overlap is None else int(tile_overlap)
+    overlap = -(-max(overlap, 0) // multiple) * multiple
+    side = parse_tile(tile)
+    if side == "auto":
+        side = auto_tile(model, dev, multiple, overlap, batch_size, memory_budget)
+    outputs = []
+    for img in batch.float():
+        out, side = _restore_with_retry(
+            runner, img, side, overlap, multiple, batch_size, norm_stats, progress
+        )
+        outputs.append(out)
+    result = torch.stack(outputs).clamp_(0, 1)
+    if gray:
+        result = result.mean(dim=1, keepdim=True)
+    return result[0] if single else result
+
+
+def _restore_with_retry(
+    runner: _Runner,
+    img: torch.Tensor,
+    side: int,
+    overlap: int,
+    multiple: int,
+    batch_size: int,
+    norm_stats: bool,
+    progress: Progress | None,
+) -> tuple[torch.Tensor, int]:
+    """Restore one C×H×W image, halving the tile on CUDA out-of-memory errors."""
+    floor = -(-max(MIN_TILE // 2, overlap + multiple) // multiple) * multiple
+    while True:
+        try:
+            out = _restore_one(
+                runner, img, side, overlap, multiple, batch_size, norm_stats, progress
+            )
+            return out, side
+        except RuntimeError as exc:
+            if runner.device.type != "cuda" or not _is_oom(exc):
+                raise
+            if runner.device.type == "cuda":
+                torch.cuda.empty_cache()
+            current = side if side > 0 else max(img.shape[-2:])
+            smaller = current // 2 // multiple * multiple
+            if smaller < floor:
+                raise OutOfMemory(
+                    f"out of memory on {runner.device} even with tile {current}; "
+                    "try --device cpu or a smaller --batch-size"
+                ) from None
+            log.warning("out of memory with tile %d; retrying with tile %d", current, smaller)
+            side = smaller
+
+
+def _restore_one(
+    runner: _Runner,
+    img: torch.Tensor,
+    side: int,
+    overlap: int,
+    multiple: int,
+    batch_size: int,
+    norm_stats: bool,
+    progress: Progress | None,
+) -> torch.Tensor:
+    h, w = img.shape[-2:]
+    tiles = plan_tiles(h, w, side, min(overlap, max(side - multiple, 0)), multiple)
+    if len(tiles) == 1:
+        padded = extract(img, tiles[0], multiple)[None]
+        out = runner(padded)[0, :, :h, :w].float().cpu()
+        if progress:
+            progress(1, 1)
+        return out
+    stats = InstanceNormStats(runner.model) if norm_stats else None
+    n_passes = (len(stats.states) if stats else 0) + 1
+    done, total = 0, len(tiles) * n_passes
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    def run(batch: torch.Tensor, group: list[Tile]) -> torch.Tensor:
+        if stats:
+            cores = [
+                (
+                    t.ys.core_start - t.ys.start,
+                    t.ys.core_end - t.ys.start,
+                    t.xs.core_start - t.xs.start,
+                    t.xs.core_end - t.xs.start,
+                )
+                for t in group
+            ]
+            stats.set_tiles(cores, (batch.shape[-2], batch.shape[-1]))
+        return runner(batch)
+
+    if not stats:
+        return tiled_forward(run, img, tiles, multiple, batch_size, tick)
+    with stats.installed():
+        while stats.pending():
+            stats.start_pass(collect=True)
+            for group in batched(tiles, batch_size):
+                with contextlib.suppress(StopForward):
+                    run(torch.stack([extract(img, t, multiple) for t in group]), group)
+                tick(len(group))
+            if not stats.finish_pass():
+                break
+        stats.start_pass(collect=False)
+        return tiled_forward(run, img, tiles, multiple, batch_size, tick)
