@@ -10,6 +10,8 @@ from deblurcli.archs import create as create_model
 from deblurcli.archs import get_spec, list_archs
 from deblurcli.errors import DeblurError
 from deblurcli.imageio import read_image, write_image
+from deblurcli.inference import restore_tensor
+from deblurcli.inference.batch import RestoreSummary, restore
 from deblurcli.weights import load_checkpoint, save_checkpoint
 from deblurcli.weights.resolve import load_model
 
@@ -22,6 +24,9 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "read_image",
+    "restore",
+    "restore_tensor",
+    "RestoreSummary",
     "save_checkpoint",
     "write_image",
 ]
