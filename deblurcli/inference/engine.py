@@ -94,9 +94,10 @@ def restore_tensor(
     """Restore ``image`` (N×C×H×W or C×H×W, [0, 1], CPU) with ``model``; same shape, on CPU.
 
     ``tile``: a side in pixels, ``0`` for the whole image, or ``auto`` (largest tile whose
-    activations fit ``memory_budget`` bytes, by default from the device's free memory). On a
-    CUDA out-of-memory error the tile is halved and the image redone. ``norm_stats`` makes
-    InstanceNorm layers use whole-image statistics when tiling (see :mod:`.norm_stats`).
+    activations fit ``memory_budget`` bytes, by default from the device's free memory). On an
+    out-of-memory error (CUDA's, typically) the tile is halved and the image redone.
+    ``norm_stats`` makes InstanceNorm layers use whole-image statistics when tiling (see
+    :mod:`.norm_stats`).
     The model is moved to ``device`` and put in eval mode.
     """
     dev = device if isinstance(device, torch.device) else pick_device(device or "auto")
@@ -146,7 +147,7 @@ def _restore_with_retry(
             )
             return out, side
         except RuntimeError as exc:
-            if runner.device.type != "cuda" or not _is_oom(exc):
+            if not _is_oom(exc):
                 raise
             if runner.device.type == "cuda":
                 torch.cuda.empty_cache()
