@@ -108,7 +108,7 @@ def restore(
     with progress:
         summary = restore_files(inputs, model, output, reporter=_RichReporter(progress), **options)
     if as_json:
-        typer.echo(json.dumps(summary.to_dict(), indent=2))
+        typer.echo(json.dumps(summary.to_dict()))  # one line per process, even under torchrun
     else:
         _print_summary(summary)
     if not summary.ok:
