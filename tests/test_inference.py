@@ -87,7 +87,9 @@ def test_constant_output_is_reproduced_exactly(photo):
 def test_spans_cover_and_cores_partition(length, tile, overlap, multiple):
     spans = plan_spans(length, tile, overlap, multiple)
     assert spans[0].start == 0 and spans[-1].end == length
-    assert all(s.start % multiple == 0 and s.end - s.start == tile for s in spans)
+    sizes = {s.end - s.start for s in spans}
+    assert len(sizes) == 1 and sizes.pop() <= tile  # one size (batchable), shrunk to even out
+    assert all(s.start % multiple == 0 for s in spans)
     assert all(b.start <= a.end - overlap for a, b in zip(spans, spans[1:], strict=False))
     cores = [(s.core_start, s.core_end) for s in spans]
     assert cores[0][0] == 0 and cores[-1][1] == length
@@ -130,7 +132,8 @@ def test_out_of_memory_halves_the_tile(photo):
     model = _OomAbove(100)
     out = restore_tensor(model, photo, tile=0, tile_overlap=8, device="cpu")
     torch.testing.assert_close(out, photo * 0.5)
-    assert model.sides[:2] == [208, 104] and model.sides[-1] <= 100
+    # Whole image fails, then one retry with tile 104 (evened out to 92) succeeds.
+    assert model.sides[0] == 208 and len(set(model.sides[1:])) == 1 and model.sides[1] <= 104
 
 
 def test_out_of_memory_at_the_smallest_tile_is_a_user_error(photo):

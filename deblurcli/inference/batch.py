@@ -235,14 +235,15 @@ def restore(
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="deblur-io") as pool:
         writes: list[tuple[Job, Future[Any]]] = []
-        ahead = pool.submit(read_image, todo[0].source)
+        ahead = pool.submit(_load, todo[0].source, side_by_side)
         for i, job in enumerate(todo):
             current = ahead
             if i + 1 < len(todo):
-                ahead = pool.submit(read_image, todo[i + 1].source)
+                ahead = pool.submit(_load, todo[i + 1].source, side_by_side)
             reporter.file_started(job)
+            _remove_stale_partials(job.target)
             try:
-                result, mp = _restore_file(current.result(), net, engine, side_by_side)
+                result, mp = _restore_file(current.result(), net, engine)
             except DeblurError as exc:
                 summary.failed.append((str(job.source), _one_line(exc, job.source)))
                 reporter.file_finished(job, "failed")
@@ -262,11 +263,27 @@ def _one_line(exc: BaseException, path: Path | None = None) -> str:
     return text[len(prefix) :] if path is not None and text.startswith(prefix) else text
 
 
-def _restore_file(
-    image: ImageData, model: nn.Module, engine: dict[str, Any], side_by_side: bool
-) -> tuple[ImageData, float]:
-    h, w = image.pixels.shape[:2]
+def _load(path: Path, keep_pixels: bool) -> list[Any]:
+    """Decode ``path`` into [metadata, C×H×W tensor] (a list, so the caller can empty it)."""
+    image = read_image(path)
     tensor = torch.from_numpy(to_tensor_layout(image.pixels))
+    if not keep_pixels:  # the decoded HWC copy is not needed again: free it early
+        image = image.with_pixels(np.empty((0, 0, image.pixels.shape[2]), np.float32))
+    return [image, tensor]
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Temp files a killed earlier run left for this very output (never a result)."""
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.part"):
+            stale.unlink(missing_ok=True)
+
+
+def _restore_file(
+    loaded: list[Any], model: nn.Module, engine: dict[str, Any]
+) -> tuple[ImageData, float]:
+    image, tensor = loaded.pop(0), loaded.pop(0)  # drop the future's references
+    h, w = tensor.shape[-2:]
     try:
         out = restore_tensor(model, tensor, **engine)
     except MemoryError:
@@ -274,7 +291,7 @@ def _restore_file(
     del tensor
     pixels = from_tensor_layout(out.numpy(), image.is_gray)
     del out
-    result = _side_by_side(image, pixels) if side_by_side else image.with_pixels(pixels)
+    result = _side_by_side(image, pixels) if image.pixels.size else image.with_pixels(pixels)
     return result, h * w / 1e6
 
 

@@ -122,7 +122,9 @@ def restore_tensor(
             runner, img, side, overlap, multiple, batch_size, norm_stats, progress
         )
         outputs.append(out)
-    result = torch.stack(outputs).clamp_(0, 1)
+    # One image (the common, and the big, case): no stacked copy.
+    result = outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)
+    result.clamp_(0, 1)
     if gray:
         result = result.mean(dim=1, keepdim=True)
     return result[0] if single else result

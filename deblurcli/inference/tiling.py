@@ -24,7 +24,7 @@ from torch import nn
 from deblurcli.archs._blocks import pad_to_multiple
 
 MIN_TILE = 64
-_CPU_BUDGET_CAP = 1 << 30  # activations on the CPU: at most 1 GiB, or a quarter of free RAM
+_CPU_BUDGET_CAP = 768 << 20  # CPU activations: at most 768 MiB, or a quarter of free RAM
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,13 @@ def plan_spans(length: int, tile: int, overlap: int, multiple: int = 1) -> list[
     """Tiles covering ``[0, length)`` (``length`` already a multiple of ``multiple``)."""
     if tile <= 0 or tile >= length:
         return [Span(0, length, 0, length, 0, 0)]
-    stride = tile - overlap
-    if stride < multiple:
+    if tile - overlap < multiple:
         raise ValueError(f"tile {tile} must exceed overlap {overlap} by at least {multiple}")
+    # As few tiles as fit, then shrunk to share the length evenly: a last tile flush with the
+    # border would otherwise overlap its neighbour by far more than ``overlap`` (wasted work).
+    count = -(-(length - overlap) // (tile - overlap))
+    tile = min(tile, _align_up(-(-(length + (count - 1) * overlap) // count), multiple))
+    stride = tile - overlap
     starts = list(range(0, length - tile, stride)) + [length - tile]
     spans = []
     for i, start in enumerate(starts):
