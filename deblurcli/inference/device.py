@@ -29,13 +29,20 @@ def _mps_available() -> bool:
     return bool(mps and mps.is_available())
 
 
+def _local_cuda() -> torch.device:
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+
+
 def pick_device(value: str = "auto") -> torch.device:
     """Resolve ``auto|cpu|cuda|cuda:N|mps`` to an available :class:`torch.device`."""
     value = (value or "auto").strip().lower()
     if value == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0") or 0))
+            return _local_cuda()
         return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if value == "cuda" and torch.cuda.is_available():
+        return _local_cuda()  # under torchrun each process takes its own GPU
     try:
         device = torch.device(value)
     except RuntimeError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -165,12 +166,23 @@ def default_overlap(model: nn.Module) -> int:
     return int(getattr(spec, "tile_overlap", 32))
 
 
+_BPP_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[str, float]] = weakref.WeakKeyDictionary()
+
+
 def activation_bytes_per_pixel(model: nn.Module, device: torch.device, multiple: int) -> float:
     """Estimate activation memory per input pixel from one small probe forward.
 
     Sums the output sizes of every leaf module (in-place outputs counted once). That bounds
     what a forward pass can hold at once, so tiles sized from it stay within the budget.
+    Cached per model and device (a batch of files probes once).
     """
+    cached = _BPP_CACHE.setdefault(model, {})
+    if str(device) not in cached:
+        cached[str(device)] = _probe_bytes_per_pixel(model, device, multiple)
+    return cached[str(device)]
+
+
+def _probe_bytes_per_pixel(model: nn.Module, device: torch.device, multiple: int) -> float:
     side = _align_up(max(64, 2 * multiple), multiple)
     total = 0
 
