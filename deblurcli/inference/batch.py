@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deblurcli.errors import CheckpointError, DeblurError, ImageReadError
+from deblurcli.errors import DeblurError, ImageReadError
 from deblurcli.imageio import (
     IMAGE_SUFFIXES,
     ImageData,
@@ -83,19 +83,12 @@ class Reporter:
 
 
 def resolve_model(value: nn.Module | str | os.PathLike[str] | None) -> nn.Module:
-    """A loaded model, a checkpoint path / manifest name, or None for the default model."""
+    """A loaded model as is; else ``load_model(value)`` (a name, path, hf:// URL, or None for
+    the manifest's default, which raises a one-line error while no weights are published)."""
     if isinstance(value, nn.Module):
         return value
     from deblurcli.weights.resolve import load_model
 
-    if value is None:
-        try:
-            return load_model(None)  # the manifest's default once pretrained weights ship
-        except (TypeError, AttributeError):
-            raise CheckpointError(
-                "no pretrained weights are available yet; pass --model PATH to a "
-                "model.safetensors written by 'deblur train'"
-            ) from None
     return load_model(value)
 
 
