@@ -260,3 +260,34 @@ def test_torchrun_two_processes_do_each_file_once(tmp_path, random_ckpt):
     done = [path for s in summaries for path in s["done"]]
     assert sorted(Path(p).name for p in done) == [f"{i}.png" for i in range(5)]  # each once
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.png" for i in range(5)]
+
+
+def test_decompression_bomb_limit_and_max_pixels(tmp_path, random_ckpt, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32×32 = 1024 > 2 × 100: refused
+    src = _save(tmp_path / "big.png", _u8(natural_image(32, 32)))
+    refused = _invoke(src, "-m", random_ckpt)
+    assert refused.exit_code == 1 and "--max-pixels" in refused.output
+    allowed = _invoke(src, "-m", random_ckpt, "--max-pixels", "5000")
+    assert allowed.exit_code == 0, allowed.output
+    assert (tmp_path / "big_deblurred.png").is_file()
+
+
+def test_tile_device_precision_and_batch_options(tmp_path, random_ckpt):
+    src = _save(tmp_path / "p.png", _u8(natural_image(64, 80)))
+    runs = {
+        "whole": ("--tile", "0"),
+        "tiled": ("--tile", "48", "--tile-overlap", "16", "--batch-size", "3"),
+        "bf16": ("--device", "cpu", "--precision", "bf16"),
+    }
+    outs = {}
+    for name, extra in runs.items():
+        result = _invoke(src, "-m", random_ckpt, "--suffix", f"_{name}", *extra)
+        assert result.exit_code == 0, result.output
+        outs[name] = np.asarray(Image.open(tmp_path / f"p_{name}.png")).astype(np.float32)
+    assert np.abs(outs["tiled"] - outs["whole"]).mean() < 1
+    assert np.abs(outs["bf16"] - outs["whole"]).mean() < 4  # bf16 rounding only
+    if not torch.cuda.is_available():
+        bad = _invoke(src, "-m", random_ckpt, "--device", "cuda", "--suffix", "_x")
+        assert bad.exit_code == 2 and "CUDA is not available" in bad.output
+    bad_tile = _invoke(src, "-m", random_ckpt, "--tile", "big")
+    assert bad_tile.exit_code == 2 and "--tile" in bad_tile.output
