@@ -291,3 +291,5 @@ def test_tile_device_precision_and_batch_options(tmp_path, random_ckpt):
         assert bad.exit_code == 2 and "CUDA is not available" in bad.output
     bad_tile = _invoke(src, "-m", random_ckpt, "--tile", "big")
     assert bad_tile.exit_code == 2 and "--tile" in bad_tile.output
+    bad_format = _invoke(src, "-m", random_ckpt, "--format", "gif")
+    assert bad_format.exit_code == 2 and "--format" in bad_format.output

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deblurcli.errors import DeblurError, ImageReadError
+from deblurcli.errors import DeblurError, ImageReadError, UsageError
 from deblurcli.imageio import (
     IMAGE_SUFFIXES,
     ImageData,
@@ -118,6 +118,8 @@ def plan_jobs(
 ) -> tuple[list[Job], list[tuple[str, str]]]:
     """Map inputs to output paths; returns (jobs sorted by source, problems)."""
     inputs = list(inputs)
+    if fmt and output_format(Path("x"), fmt) not in _EXT_BY_FORMAT:
+        raise UsageError(f"unsupported --format {fmt!r}; use png, jpeg, tiff, webp or bmp")
     out_dir = Path(output) if output is not None else None
     sfx = suffix if suffix is not None else ("" if out_dir else DEFAULT_SUFFIX)
     single_file_target = (
@@ -244,7 +246,7 @@ def restore(
             kw = {"fmt": fmt, "jpeg_quality": jpeg_quality}
             writes.append((job, pool.submit(write_image, job.target, result, **kw)))
             summary.megapixels += mp
-            writes = _collect_writes(writes, summary, reporter, wait=len(writes) > 2)
+            writes = _collect_writes(writes, summary, reporter, wait=len(writes) > 1)
         _collect_writes(writes, summary, reporter, wait=True)
     summary.seconds = time.perf_counter() - start
     return summary
@@ -281,6 +283,10 @@ def _restore_file(
         out = restore_tensor(model, tensor, **engine)
     except MemoryError:
         raise DeblurError("out of memory: try a smaller --tile or --batch-size") from None
+    except RuntimeError as exc:  # e.g. "DefaultCPUAllocator: can't allocate memory"
+        if "memory" not in str(exc).lower():
+            raise
+        raise DeblurError(f"out of memory ({_one_line(exc)[:120]}); try a smaller --tile") from None
     del tensor
     pixels = from_tensor_layout(out.numpy(), image.is_gray)
     del out
