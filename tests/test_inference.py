@@ -191,3 +191,11 @@ def test_non_finite_half_output_falls_back_to_fp32(photo):
     out = restore_tensor(model, photo, tile=0, precision="fp16", device="cpu")
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, photo, atol=1e-4, rtol=0)
+
+
+def test_several_whole_images_batched_match_one_by_one(photo):
+    model = _tiny("transformnet")  # InstanceNorm: batching must stay per sample
+    images = torch.stack([photo[:, :96, :112], photo[:, 80:, 96:][:, :96, :112]])
+    together = restore_tensor(model, images, tile=0, batch_size=2)
+    alone = torch.stack([restore_tensor(model, im, tile=0) for im in images])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from deblurcli.archs._blocks import pad_to_multiple
 from deblurcli.errors import DeblurError, UsageError
 from deblurcli.inference.device import autocast, pick_device, resolve_precision
 from deblurcli.inference.norm_stats import InstanceNormStats, StopForward
@@ -116,18 +117,43 @@ def restore_tensor(
     side = parse_tile(tile)
     if side == "auto":
         side = auto_tile(model, dev, multiple, overlap, batch_size, memory_budget)
-    outputs = []
-    for img in batch.float():
-        out, side = _restore_with_retry(
-            runner, img, side, overlap, multiple, batch_size, norm_stats, progress
-        )
-        outputs.append(out)
-    # One image (the common, and the big, case): no stacked copy.
-    result = outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)
+    result = _whole_batches(runner, batch.float(), side, multiple, batch_size)
+    if result is None:
+        outputs = []
+        for img in batch.float():
+            out, side = _restore_with_retry(
+                runner, img, side, overlap, multiple, batch_size, norm_stats, progress
+            )
+            outputs.append(out)
+        # One image (the common, and the big, case): no stacked copy.
+        result = outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)
     result.clamp_(0, 1)
     if gray:
         result = result.mean(dim=1, keepdim=True)
     return result[0] if single else result
+
+
+def _whole_batches(
+    runner: _Runner, batch: torch.Tensor, side: int, multiple: int, batch_size: int
+) -> torch.Tensor | None:
+    """Several images that each fit whole run ``batch_size`` at a time (exact: every layer,
+    InstanceNorm included, is per sample). None when tiling is needed or memory runs out."""
+    h, w = batch.shape[-2:]
+    padded_side = -(-max(h, w) // multiple) * multiple
+    if batch.shape[0] < 2 or batch_size < 2 or (0 < side < padded_side):
+        return None
+    try:
+        outs = [
+            runner(pad_to_multiple(chunk, multiple)[0])[..., :h, :w].float().cpu()
+            for chunk in batch.split(batch_size)
+        ]
+    except RuntimeError as exc:
+        if not _is_oom(exc):
+            raise
+        if runner.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None  # one image at a time, with the tile-halving retry
+    return torch.cat(outs)
 
 
 def _restore_with_retry(
