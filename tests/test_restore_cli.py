@@ -293,3 +293,37 @@ def test_tile_device_precision_and_batch_options(tmp_path, random_ckpt):
     assert bad_tile.exit_code == 2 and "--tile" in bad_tile.output
     bad_format = _invoke(src, "-m", random_ckpt, "--format", "gif")
     assert bad_format.exit_code == 2 and "--format" in bad_format.output
+
+
+def test_decoding_overlaps_compute(tmp_path, monkeypatch):
+    """The next image is decoded on the I/O pool while the model works on the current one."""
+    import threading
+
+    from torch import nn
+
+    from deblurcli import restore
+    from deblurcli.inference import batch
+
+    events: list[tuple[str, str, float]] = []
+    real_read = batch.read_image
+
+    def read(path):
+        events.append(("read", threading.current_thread().name, time.perf_counter()))
+        return real_read(path)
+
+    class Slow(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            events.append(("start", "", time.perf_counter()))
+            time.sleep(0.3)
+            events.append(("end", "", time.perf_counter()))
+            return x
+
+    monkeypatch.setattr(batch, "read_image", read)
+    for i in range(3):
+        _save(tmp_path / "in" / f"{i}.png", _u8(natural_image(16, 16, seed=i)))
+    summary = restore([tmp_path / "in"], Slow(), tmp_path / "out", tile=0, device="cpu")
+    assert summary.ok and len(summary.done) == 3
+    reads = [e for e in events if e[0] == "read"]
+    ends = [e[2] for e in events if e[0] == "end"]
+    assert all(name.startswith("deblur-io") for _, name, _ in reads)
+    assert reads[1][2] < ends[0] and reads[2][2] < ends[1]  # decoded during the compute
