@@ -57,7 +57,7 @@ def _print_summary(summary: RestoreSummary) -> None:
 @friendly_errors
 def restore(
     inputs: list[str] = typer.Argument(
-        ..., help="Image files, folders or globs.", show_default=False
+        ..., help="Image files, folders or globs.", show_default=False, metavar="INPUT"
     ),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Model: manifest name, checkpoint path or hf://owner/repo."
@@ -66,20 +66,27 @@ def restore(
         None, "--output", "-o", help="Output folder (or file, for one input file)."
     ),
     suffix: str | None = typer.Option(
-        None, help="Added to output names [default: _deblurred next to the input, none with -o]."
+        None,
+        help="Added to output names.",
+        show_default="_deblurred next to the input, none with -o",
     ),
     tile: str = typer.Option("auto", help="Tile side in pixels, 'auto' (fit memory) or 0 (whole)."),
     tile_overlap: int | None = typer.Option(
-        None, help="Tile overlap in pixels [default: the architecture's]."
+        None, help="Tile overlap in pixels.", show_default="the architecture's"
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("auto", help="auto, fp32, fp16 or bf16 (half only if safe)."),
     batch_size: int = typer.Option(1, min=1, help="Tiles per forward pass."),
-    side_by_side: bool = typer.Option(False, help="Write input and result side by side."),
+    side_by_side: bool = typer.Option(
+        False, "--side-by-side", help="Write input and result side by side."
+    ),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into subfolders."),
-    overwrite: bool = typer.Option(False, help="Redo outputs that already exist."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo outputs that already exist."),
     fmt: str | None = typer.Option(
-        None, "--format", help="Output format (png, jpeg, tiff, webp) [default: the input's]."
+        None,
+        "--format",
+        help="Output format: png, jpeg, tiff, webp or bmp.",
+        show_default="the input's",
     ),
     max_pixels: int | None = typer.Option(
         None, help="Raise Pillow's decompression-bomb limit to this many pixels (0 = none)."
