@@ -199,3 +199,14 @@ def test_several_whole_images_batched_match_one_by_one(photo):
     together = restore_tensor(model, images, tile=0, batch_size=2)
     alone = torch.stack([restore_tensor(model, im, tile=0) for im in images])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", list_archs())
+def test_tiny_and_odd_images(name):
+    """1×1 to odd-sized inputs: padded up (even past InstanceNorm's 1×1 limit), cropped back."""
+    model = _tiny(name)
+    for shape in [(3, 1, 1), (3, 5, 70), (1, 3, 33, 40)]:
+        x = torch.rand(*shape)
+        for tile in (0, 8, "auto"):
+            y = restore_tensor(model, x, tile=tile)
+            assert y.shape == x.shape and torch.isfinite(y).all()

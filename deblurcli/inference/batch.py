@@ -285,8 +285,10 @@ def _restore_file(
         raise DeblurError("out of memory: try a smaller --tile or --batch-size") from None
     except RuntimeError as exc:  # e.g. "DefaultCPUAllocator: can't allocate memory"
         if "memory" not in str(exc).lower():
-            raise
+            raise DeblurError(f"the model failed on this image: {_one_line(exc)[:200]}") from None
         raise DeblurError(f"out of memory ({_one_line(exc)[:120]}); try a smaller --tile") from None
+    except ValueError as exc:
+        raise DeblurError(f"the model failed on this image: {_one_line(exc)[:200]}") from None
     del tensor
     pixels = from_tensor_layout(out.numpy(), image.is_gray)
     del out

@@ -9,7 +9,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from deblurcli.archs._blocks import pad_to_multiple
 from deblurcli.errors import DeblurError, UsageError
 from deblurcli.inference.device import autocast, pick_device, resolve_precision
 from deblurcli.inference.norm_stats import InstanceNormStats, StopForward
@@ -20,6 +19,8 @@ from deblurcli.inference.tiling import (
     batched,
     default_overlap,
     extract,
+    pad_bottom_right,
+    padded_size,
     plan_tiles,
     size_multiple,
     tiled_forward,
@@ -117,6 +118,8 @@ def restore_tensor(
     side = parse_tile(tile)
     if side == "auto":
         side = auto_tile(model, dev, multiple, overlap, batch_size, memory_budget)
+    elif side > 0:  # tile starts must stay on the model's stride grid
+        side = max(side // multiple * multiple, 2 * multiple)
     result = _whole_batches(runner, batch.float(), side, multiple, batch_size)
     if result is None:
         outputs = []
@@ -139,12 +142,12 @@ def _whole_batches(
     """Several images that each fit whole run ``batch_size`` at a time (exact: every layer,
     InstanceNorm included, is per sample). None when tiling is needed or memory runs out."""
     h, w = batch.shape[-2:]
-    padded_side = -(-max(h, w) // multiple) * multiple
-    if batch.shape[0] < 2 or batch_size < 2 or (0 < side < padded_side):
+    hp, wp = padded_size(h, multiple), padded_size(w, multiple)
+    if batch.shape[0] < 2 or batch_size < 2 or (0 < side < max(hp, wp)):
         return None
     try:
         outs = [
-            runner(pad_to_multiple(chunk, multiple)[0])[..., :h, :w].float().cpu()
+            runner(pad_bottom_right(chunk, hp, wp))[..., :h, :w].float().cpu()
             for chunk in batch.split(batch_size)
         ]
     except RuntimeError as exc:
@@ -203,7 +206,7 @@ def _restore_one(
     h, w = img.shape[-2:]
     tiles = plan_tiles(h, w, side, min(overlap, max(side - multiple, 0)), multiple)
     if len(tiles) == 1:
-        padded = extract(img, tiles[0], multiple)[None]
+        padded = extract(img, tiles[0])[None]
         out = runner(padded)[0, :, :h, :w].float().cpu()
         if progress:
             progress(1, 1)
@@ -239,7 +242,7 @@ def _restore_one(
             stats.start_pass(collect=True)
             for group in batched(tiles, batch_size):
                 with contextlib.suppress(StopForward):
-                    run(torch.stack([extract(img, t, multiple) for t in group]), group)
+                    run(torch.stack([extract(img, t) for t in group]), group)
                 tick(len(group))
             if not stats.finish_pass():
                 break

@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
-
-from deblurcli.archs._blocks import pad_to_multiple
 
 MIN_TILE = 64
 _CPU_BUDGET_CAP = 768 << 20  # CPU activations: at most 768 MiB, or a quarter of free RAM
@@ -79,9 +78,15 @@ def _cut(prev_end: int, next_start: int, multiple: int) -> int:
     return min(max(mid, next_start), prev_end)
 
 
+def padded_size(length: int, multiple: int) -> int:
+    """``length`` padded to the size multiple, and to at least two strides: tiny images
+    would otherwise reach InstanceNorm layers as 1×1 maps, which torch rejects."""
+    return max(_align_up(length, multiple), 2 * multiple)
+
+
 def plan_tiles(height: int, width: int, tile: int, overlap: int, multiple: int) -> list[Tile]:
     """The tile grid for an image of ``height``×``width`` (unpadded)."""
-    hp, wp = _align_up(height, multiple), _align_up(width, multiple)
+    hp, wp = padded_size(height, multiple), padded_size(width, multiple)
     ys = plan_spans(hp, tile, overlap, multiple)
     xs = plan_spans(wp, tile, overlap, multiple)
     return [Tile(y, x) for y in ys for x in xs]
@@ -102,12 +107,22 @@ def ramp(span: Span) -> torch.Tensor:
     return w
 
 
-def extract(image: torch.Tensor, tile: Tile, multiple: int) -> torch.Tensor:
+def extract(image: torch.Tensor, tile: Tile) -> torch.Tensor:
     """The tile's pixels (C×h×w), reflect-padded where it runs past the bottom/right border."""
     h, w = image.shape[-2:]
     crop = image[..., tile.ys.start : min(tile.ys.end, h), tile.xs.start : min(tile.xs.end, w)]
-    padded, _ = pad_to_multiple(crop.unsqueeze(0), multiple)
-    return padded[0]
+    return pad_bottom_right(crop, tile.ys.end - tile.ys.start, tile.xs.end - tile.xs.start)
+
+
+def pad_bottom_right(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pad ``x`` (…×h×w) to ``height``×``width``: reflect, or replicate where reflect can't."""
+    pad_h, pad_w = height - x.shape[-2], width - x.shape[-1]
+    if pad_h == 0 and pad_w == 0:
+        return x
+    mode = "reflect" if pad_h < x.shape[-2] and pad_w < x.shape[-1] else "replicate"
+    batched = x if x.dim() == 4 else x[None]
+    out = F.pad(batched, (0, pad_w, 0, pad_h), mode=mode)
+    return out if x.dim() == 4 else out[0]
 
 
 def batched(items: list[Tile], size: int) -> Iterator[list[Tile]]:
@@ -130,7 +145,7 @@ def tiled_forward(
     seen_y: set[Span] = set()
     seen_x: set[Span] = set()
     for group in batched(tiles, batch_size):
-        batch = torch.stack([extract(image, t, multiple) for t in group])
+        batch = torch.stack([extract(image, t) for t in group])
         result = run(batch, group).float().cpu()
         for t, res in zip(group, result, strict=True):
             ry, rx = ramp(t.ys), ramp(t.xs)
