@@ -210,3 +210,21 @@ def test_tiny_and_odd_images(name):
         for tile in (0, 8, "auto"):
             y = restore_tensor(model, x, tile=tile)
             assert y.shape == x.shape and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("name", ["deblurgan", "transformnet"])
+def test_resumed_statistics_passes_are_exact(name, photo, monkeypatch):
+    """Resuming collecting passes from cached trunk activations changes nothing, and neither
+    does running out of cache budget (falls back to passes from the pixels)."""
+    from deblurcli.inference import engine
+    from deblurcli.inference.norm_stats import InstanceNormStats
+
+    model = _tiny(name)
+    assert InstanceNormStats(model).trunk(model) is not None
+    resumed = restore_tensor(model, photo, tile=128)
+    monkeypatch.setattr(engine, "memory_budget", lambda _device: 1024)
+    no_cache = restore_tensor(model, photo, tile=128)
+    monkeypatch.setattr(InstanceNormStats, "trunk", lambda self, m: None)
+    from_pixels = restore_tensor(model, photo, tile=128)
+    torch.testing.assert_close(resumed, from_pixels, atol=1e-6, rtol=0)
+    torch.testing.assert_close(no_cache, from_pixels, atol=1e-6, rtol=0)

@@ -19,6 +19,7 @@ from deblurcli.inference.tiling import (
     batched,
     default_overlap,
     extract,
+    memory_budget,
     pad_bottom_right,
     padded_size,
     plan_tiles,
@@ -238,13 +239,125 @@ def _restore_one(
     if not stats:
         return tiled_forward(run, img, tiles, multiple, batch_size, tick)
     with stats.installed():
-        while stats.pending():
-            stats.start_pass(collect=True)
-            for group in batched(tiles, batch_size):
-                with contextlib.suppress(StopForward):
-                    run(torch.stack([extract(img, t) for t in group]), group)
-                tick(len(group))
-            if not stats.finish_pass():
-                break
+        groups = list(batched(tiles, batch_size))
+        _resolve_stats(runner, img, groups, stats, run, tick)
         stats.start_pass(collect=False)
         return tiled_forward(run, img, tiles, multiple, batch_size, tick)
+
+
+class _Captured(Exception):
+    """Raised by a pre-hook once the trunk's input is in hand."""
+
+
+def _resolve_stats(
+    runner: _Runner,
+    img: torch.Tensor,
+    groups: list[list[Tile]],
+    stats: InstanceNormStats,
+    run: Callable[[torch.Tensor, list[Tile]], torch.Tensor],
+    tick: Callable[[int], None],
+) -> None:
+    """Fix every InstanceNorm layer's whole-image statistics, one collecting pass per layer.
+
+    When all the layers sit in one ``nn.Sequential`` trunk (deblurgan, transformnet), each
+    tile's activation at the trunk child in front of the layer being resolved is kept (on the
+    CPU, within half the memory budget), so a pass resumes there instead of recomputing
+    everything in front of it; otherwise every pass starts from the pixels.
+    """
+    trunk = stats.trunk(runner.model)
+    budget = memory_budget(runner.device) // 2
+    cache: list[torch.Tensor | None] | None = None
+    cache_at = 0
+    while stats.pending():
+        stats.start_pass(collect=True)
+        target = stats.next_child(trunk) if trunk is not None else 0
+        fresh: list[torch.Tensor | None] | None = [] if trunk is not None else None
+        kept = 0
+        for gi, group in enumerate(groups):
+            batch = None if cache is not None else torch.stack([extract(img, t) for t in group])
+            if trunk is None:
+                with contextlib.suppress(StopForward):
+                    run(batch, group)  # type: ignore[arg-type]
+                tick(len(group))
+                continue
+            if cache is not None:
+                x, start = cache[gi], cache_at
+                cache[gi] = None  # free as we go
+                _set_cores(stats, group)
+            else:
+                x, start = _trunk_input(runner, trunk, batch, group, run), 0
+            stored = _run_trunk(runner, trunk, x, start, target, stats)
+            if fresh is not None and stored is not None:
+                kept += stored.numel() * stored.element_size()
+                fresh.append(stored)
+                if kept * len(groups) > budget * (gi + 1):
+                    fresh = None  # would not fit: later passes start from the pixels
+            tick(len(group))
+        cache, cache_at = fresh, target
+        if cache is None:
+            trunk = None
+        if not stats.finish_pass():
+            break
+
+
+def _set_cores(stats: InstanceNormStats, group: list[Tile]) -> None:
+    cores = [
+        (
+            t.ys.core_start - t.ys.start,
+            t.ys.core_end - t.ys.start,
+            t.xs.core_start - t.xs.start,
+            t.xs.core_end - t.xs.start,
+        )
+        for t in group
+    ]
+    tile = group[0]
+    stats.set_tiles(cores, (tile.ys.end - tile.ys.start, tile.xs.end - tile.xs.start))
+
+
+def _trunk_input(
+    runner: _Runner,
+    trunk: nn.Sequential,
+    batch: torch.Tensor,
+    group: list[Tile],
+    run: Callable[[torch.Tensor, list[Tile]], torch.Tensor],
+) -> torch.Tensor:
+    """Run the model on ``batch`` just far enough to see what its trunk receives."""
+    seen: list[torch.Tensor] = []
+
+    def grab(_m: nn.Module, args: tuple) -> None:
+        seen.append(args[0])
+        raise _Captured
+
+    handle = trunk.register_forward_pre_hook(grab)
+    try:
+        run(batch, group)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def _run_trunk(
+    runner: _Runner,
+    trunk: nn.Sequential,
+    x: torch.Tensor,
+    start: int,
+    target: int,
+    stats: InstanceNormStats,
+) -> torch.Tensor | None:
+    """Run trunk children from ``start`` until the layer being resolved has been seen.
+
+    Returns the (CPU) input of child ``target``, which the next pass resumes from.
+    """
+    x = x.to(runner.device)
+    stored = None
+    with autocast(runner.device, runner.dtype):
+        try:
+            for idx, child in enumerate(list(trunk)[start:], start=start):
+                if idx == target:
+                    stored = x.cpu()
+                x = child(x)
+        except StopForward:
+            pass
+    return stored

@@ -129,6 +129,23 @@ class InstanceNormStats:
     def pending(self) -> bool:
         return any(s.fixed is None for s in self.states)
 
+    def trunk(self, model: nn.Module) -> nn.Sequential | None:
+        """The outermost plain ``nn.Sequential`` holding every InstanceNorm layer, if any."""
+        targets = {id(s.module) for s in self.states}
+        for m in model.modules():
+            if type(m) is nn.Sequential and targets <= {id(x) for x in m.modules()}:
+                return m
+        return None
+
+    def next_child(self, trunk: nn.Sequential) -> int:
+        """Index of the trunk child holding the first layer still to resolve."""
+        children = list(trunk)
+        pending = {id(s.module) for s in self.states if s.fixed is None}
+        for i, child in enumerate(children):
+            if pending & {id(x) for x in child.modules()}:
+                return i
+        return len(children)
+
     def clear(self) -> None:
         for s in self.states:
             s.fixed = None
