@@ -13,8 +13,10 @@ the next layer's input (per channel, sum and sum of squares, in float64) over th
 stops the forward there, and fixes that layer's mean and variance. After one pass per layer
 the output pass normalises every tile with whole-image statistics, so tiles agree with the
 whole image up to the tile-border effects the overlap already hides. Each collecting pass
-stops early, so the cost is about (layers / 2 + 1) ordinary tiled passes; it is only paid when
-an image is really tiled (a whole-image pass needs none of it). A cheaper low-resolution
+stops early; when all the layers sit in one ``nn.Sequential`` trunk (deblurgan, transformnet)
+each tile's activation in front of the layer being resolved is cached, so a pass resumes
+there and the collecting passes together cost about one ordinary pass (without the cache,
+about layers / 2 passes). Nothing is paid when an image runs whole. A cheaper low-resolution
 statistics pass was measured and rejected: it is 8–46/255 off (``docs/restore.md``).
 """
 
