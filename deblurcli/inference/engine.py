@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from deblurcli.errors import DeblurError, UsageError
+from deblurcli.errors import DeviceMemoryError, UsageError
 from deblurcli.inference.device import autocast, pick_device, resolve_precision
 from deblurcli.inference.norm_stats import InstanceNormStats, StopForward
 from deblurcli.inference.tiling import (
@@ -29,10 +29,6 @@ from deblurcli.inference.tiling import (
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]  # (tiles done, tiles total)
-
-
-class OutOfMemory(DeblurError):
-    """Even the smallest tile does not fit in the device's memory."""
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -186,7 +182,7 @@ def _restore_with_retry(
             current = side if side > 0 else max(img.shape[-2:])
             smaller = current // 2 // multiple * multiple
             if smaller < floor:
-                raise OutOfMemory(
+                raise DeviceMemoryError(
                     f"out of memory on {runner.device} even with tile {current}; "
                     "try --device cpu or a smaller --batch-size"
                 ) from None
