@@ -15,7 +15,7 @@ the output pass normalises every tile with whole-image statistics, so tiles agre
 whole image up to the tile-border effects the overlap already hides. Each collecting pass
 stops early; when all the layers sit in one ``nn.Sequential`` trunk (deblurgan, transformnet)
 each tile's activation in front of the layer being resolved is cached, so a pass resumes
-there and the collecting passes together cost about one ordinary pass (without the cache,
+there and the collecting passes together cost one to two ordinary passes (without the cache,
 about layers / 2 passes). Nothing is paid when an image runs whole. A cheaper low-resolution
 statistics pass was measured and rejected: it is 8–46/255 off (``docs/restore.md``).
 """
