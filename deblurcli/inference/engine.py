@@ -201,7 +201,8 @@ def _restore_one(
     progress: Progress | None,
 ) -> torch.Tensor:
     h, w = img.shape[-2:]
-    tiles = plan_tiles(h, w, side, min(overlap, max(side - multiple, 0)), multiple)
+    # Overlap at most half the tile, so a small --tile never means one tile per stride.
+    tiles = plan_tiles(h, w, side, min(overlap, side // 2 // multiple * multiple), multiple)
     if len(tiles) == 1:
         padded = extract(img, tiles[0])[None]
         out = runner(padded)[0, :, :h, :w].float().cpu()
