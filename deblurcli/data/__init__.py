@@ -1,0 +1,1 @@
+"""Data: paired-dataset discovery, training datasets and the project's photo pool."""
