@@ -39,3 +39,7 @@ class NotYetAvailableError(DeblurError):
     """A feature whose implementation has not landed yet."""
 
     exit_code = 3
+
+
+class TrainingDivergedError(DeblurError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""

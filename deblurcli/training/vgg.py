@@ -89,7 +89,9 @@ def load_vgg19(
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the restricted unpickler raises many types
-        raise CheckpointError(f"{path}: not a plain VGG19 state dict ({type(exc).__name__})") from None
+        raise CheckpointError(
+            f"{path}: not a plain VGG19 state dict ({type(exc).__name__})"
+        ) from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
