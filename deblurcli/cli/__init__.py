@@ -17,7 +17,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("blur", context_settings=PENDING_CONTEXT)(blur.blur)
-app.command("train", context_settings=PENDING_CONTEXT)(train.train)
+app.command("train")(train.train)
 app.command("eval", context_settings=PENDING_CONTEXT)(evaluate.evaluate)
 app.command("restore", context_settings=PENDING_CONTEXT)(restore.restore)
 app.command("models")(models.models)

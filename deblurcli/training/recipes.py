@@ -91,7 +91,7 @@ RECIPES: dict[str, Recipe] = {
         schedule="linear",
         adversarial=Adversarial(kind="wgan-gp", weight=1.0, lr=1e-4, gp_weight=10.0, n_critic=5),
         perceptual_fallback="l1",
-        notes="seed 002: content (VGG19 conv3_3, L1 without weights) ×100 + WGAN-GP (λ=10, n_critic=5)",
+        notes="seed 002: VGG19 conv3_3 content (L1 if no weights) ×100 + WGAN-GP λ=10, n_critic=5",
     ),
     "skipae": Recipe(
         name="skipae",

@@ -138,6 +138,11 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
+        if not config.resume and self._state_path().exists():
+            raise UsageError(
+                f"{self.run_dir} already holds a training run; pass --resume to continue it "
+                "or choose another --out"
+            )
         self.state = self._load_state() if config.resume else None
         if self.state is not None:  # the run's own settings win over a changed command line
             config = self._merge_saved(config, json.loads(self.state["config"]))
@@ -566,11 +571,6 @@ class Trainer:
         )
 
     def _prepare_run_dir(self) -> None:
-        if not self.cfg.resume and self._state_path().exists():
-            raise UsageError(
-                f"{self.run_dir} already holds a training run; pass --resume to continue it "
-                "or choose another --out"
-            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         info = {"config": self.cfg.to_json(), "recipe": dataclasses.asdict(self.recipe)}
         info["arch_config"] = self.model.arch_config
