@@ -49,6 +49,9 @@ def train(
     no_adversarial: bool = typer.Option(
         False, "--no-adversarial", help="Train GAN recipes without their critic."
     ),
+    n_critic: int | None = typer.Option(
+        None, "--n-critic", help="Critic updates per generator step (GAN recipes)."
+    ),
     width: str = typer.Option("default", "--width", help="default, or tiny (tests, smoke runs)."),
     config: list[str] = typer.Option(
         [], "--config", "-c", help="Architecture config override key=value (repeatable)."
@@ -89,6 +92,7 @@ def train(
         lr=lr,
         loss=loss,
         adversarial=not no_adversarial,
+        n_critic=n_critic,
         width=width,
         arch_config=_parse_config(config),
         resume=resume,

@@ -168,6 +168,7 @@ def override(
     schedule: str | None = None,
     grad_clip: float | None = None,
     adversarial: bool | None = None,
+    n_critic: int | None = None,
 ) -> Recipe:
     """``recipe`` with the given fields replaced (None keeps the recipe's value)."""
     changes: dict[str, object] = {}
@@ -187,6 +188,10 @@ def override(
         changes["grad_clip"] = grad_clip if grad_clip > 0 else None
     if adversarial is False:
         changes["adversarial"] = None
+    elif n_critic is not None and recipe.adversarial is not None:
+        if n_critic < 1:
+            raise UsageError("--n-critic must be at least 1")
+        changes["adversarial"] = replace(recipe.adversarial, n_critic=n_critic)
     out = replace(recipe, **changes)
     if not out.losses and out.adversarial is None:
         raise UsageError("the recipe has no loss terms left")

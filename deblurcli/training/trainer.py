@@ -58,6 +58,7 @@ class TrainConfig:
     lr: float | None = None
     loss: str | None = None
     adversarial: bool = True
+    n_critic: int | None = None  # critic updates per generator step (GAN recipes)
     width: str = "default"  # "default", "tiny" (the arch's tiny_config)
     arch_config: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
@@ -153,6 +154,7 @@ class Trainer:
             loss=config.loss,
             lr=config.lr,
             adversarial=None if config.adversarial else False,
+            n_critic=config.n_critic,
         )
         torch.manual_seed(config.seed + self.dist.rank)
         random.seed(config.seed)
@@ -396,12 +398,12 @@ class Trainer:
             "best_psnr": self.best_psnr,
             "config": json.dumps(self.cfg.to_json()),
         }
-        path = self._state_path()
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+        # Exports first: the training state is the commit marker of a complete checkpoint.
         save_checkpoint(self.model, self.run_dir / "last.safetensors", metadata=self._meta())
         if self.val_set is None or not (self.run_dir / "model.safetensors").exists():
             self._export()
+        with atomic_path(self._state_path()) as tmp:
+            torch.save(state, tmp)
 
     def _meta(self) -> dict[str, str]:
         return {
@@ -518,11 +520,17 @@ class Trainer:
         self.model.eval()
         values = []
         for i in range(len(self.val_set)):
-            blurred, sharp, _ = self.val_set[i]
+            if i in self.val_set.bad:
+                continue
+            try:
+                blurred, sharp, skipped = self.val_set[i]
+            except ds.DataError:  # every validation image is unreadable
+                break
+            self.problems += [f"{n}: unreadable, skipped" for n in skipped.split("|") if n]
             out = self.model(blurred[None].to(self.device)).float().clamp(0, 1)
             values.append(psnr(out.cpu(), sharp[None]).clamp(max=100.0))
         self.model.train()
-        return float(torch.cat(values).mean())
+        return float(torch.cat(values).mean()) if values else None
 
     # ---------------------------------------------------------------- loop
     def run(self) -> TrainResult:
