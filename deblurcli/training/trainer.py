@@ -66,6 +66,7 @@ class TrainConfig:
     workers: int = 0
     device: str = "auto"
     precision: str = "auto"
+    channels_last: bool | None = None  # None: the measured choice (see training.precision)
     compile: bool = False
     seed: int = 0
     val_every: int = 500
@@ -149,6 +150,8 @@ class Trainer:
             config = self._merge_saved(config, json.loads(self.state["config"]))
             self.cfg = config
         self.prec: Precision = resolve(config.arch, self.device, config.precision)
+        if config.channels_last is not None:
+            self.prec = dataclasses.replace(self.prec, channels_last=config.channels_last)
         self.recipe: Recipe = override(
             recipe_for_arch(config.arch),
             loss=config.loss,
@@ -343,6 +346,9 @@ class Trainer:
             persistent_workers=self.cfg.workers > 0,
             prefetch_factor=4 if self.cfg.workers > 0 else None,
             worker_init_fn=_worker_init,
+            # Its own generator: drawing worker seeds from the global RNG would shift the
+            # dropout/GP random stream on --resume (samples are seeded by their keys anyway).
+            generator=torch.Generator().manual_seed(self.cfg.seed),
         )
         return iter(loader)
 
