@@ -213,12 +213,7 @@ class Trainer:
                     for t in terms
                     if t.name != "perceptual" or fallback
                 ]
-                if fallback:
-                    # L1 on pixels is ~100× larger than VGG feature MSE; keep a unit weight.
-                    terms = [
-                        dataclasses.replace(t, weight=1.0) if t.name == fallback else t
-                        for t in terms
-                    ]
+                # The fallback keeps the content weight (×100 for deblurgan = pix2pix's L1 λ).
             else:
                 self.vgg = self.vgg.to(self.device)
                 self.perceptual = f"vgg19 {','.join(sorted(set(names)))} from {how}"
@@ -346,6 +341,9 @@ class Trainer:
             persistent_workers=self.cfg.workers > 0,
             prefetch_factor=4 if self.cfg.workers > 0 else None,
             worker_init_fn=_worker_init,
+            # forkserver: a worker forked from a process whose OpenMP/OpenCV thread pools are
+            # running can deadlock on an inherited lock (seen with cv2 in tests).
+            multiprocessing_context="forkserver" if self.cfg.workers > 0 else None,
             # Its own generator: drawing worker seeds from the global RNG would shift the
             # dropout/GP random stream on --resume (samples are seeded by their keys anyway).
             generator=torch.Generator().manual_seed(self.cfg.seed),
@@ -623,7 +621,6 @@ def _worker_init(_: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # workers already run in parallel; nested threads only contend
-    torch.set_num_threads(1)
 
 
 class _progress:
