@@ -6,6 +6,7 @@ import csv
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 from deblurcli.imageio import atomic_path, atomic_write_bytes
 
@@ -23,13 +24,21 @@ class MetricsLog:
             with open(self.path, newline="") as f:
                 self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
 
+        self.tb = _tensorboard(run_dir / "tensorboard")
+
     def add(self, step: int, kind: str, **values: float | str | None) -> None:
         row = {"step": str(step), "kind": kind}
+        if self.tb is not None:
+            for key, value in values.items():
+                if isinstance(value, float):
+                    self.tb.add_scalar(f"{kind}/{key}", value, step)
         for key, value in values.items():
             row[key] = f"{value:.6g}" if isinstance(value, float) else str(value or "")
         self.rows.append(row)
 
     def flush(self) -> None:
+        if self.tb is not None:
+            self.tb.flush()
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -67,3 +76,12 @@ class MetricsLog:
             fig.savefig(tmp, format="png", dpi=100)
         plt.close(fig)
         return out
+
+
+def _tensorboard(folder: Path) -> Any:
+    """A TensorBoard SummaryWriter when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # optional: torch's module needs the tensorboard package
+        return None
+    return SummaryWriter(str(folder))

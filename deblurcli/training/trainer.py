@@ -545,7 +545,8 @@ class Trainer:
         batches = self._loader()
         last: dict[str, float] = {"loss": float("nan")}
         rate, t0, n0 = 0.0, time.perf_counter(), self.step
-        with _progress(cfg.progress and self.dist.is_main, cfg.steps, self.step) as bar:
+        bs = cfg.batch_size * self.dist.world
+        with _progress(cfg.progress and self.dist.is_main, cfg.steps, self.step, bs) as bar:
             while self.step < end:
                 batch = next(batches)
                 if batch[2] and any(batch[2]):
@@ -626,8 +627,8 @@ def _worker_init(_: int) -> None:
 class _progress:
     """A Rich progress bar with loss terms and patches/s (a no-op when disabled)."""
 
-    def __init__(self, enabled: bool, total: int, start: int):
-        self.enabled, self.total, self.start = enabled, total, start
+    def __init__(self, enabled: bool, total: int, start: int, batch: int):
+        self.enabled, self.total, self.start, self.batch = enabled, total, start, batch
         self._progress: Any = None
 
     def __enter__(self) -> _progress:
@@ -658,7 +659,8 @@ class _progress:
 
     def __call__(self, step: int, terms: dict[str, float], rate: float) -> None:
         if self._progress is not None:
-            info = " ".join(f"{k} {v:.4g}" for k, v in terms.items()) + f" | {rate:.1f} patches/s"
+            info = " ".join(f"{k} {v:.4g}" for k, v in terms.items())
+            info += f" | {rate / self.batch:.2f} it/s, {rate:.1f} patches/s"
             self._progress.update(self._task, completed=step, info=info)
 
     def __exit__(self, *exc: object) -> None:
