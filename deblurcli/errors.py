@@ -41,5 +41,21 @@ class NotYetAvailableError(DeblurError):
     exit_code = 3
 
 
+class ManifestError(DeblurError):
+    """``weights_manifest.toml`` (or a manifest named by ``DEBLURCLI_MANIFEST``) is invalid."""
+
+
+class WeightsUnavailableError(CheckpointError):
+    """Pretrained weights that are neither shipped, cached nor downloadable right now."""
+
+
+class ChecksumError(CheckpointError):
+    """A weights file whose sha256 does not match the manifest."""
+
+
+class PhotoPoolError(DeblurError):
+    """The training photo pool cannot be fetched or prepared, or is not there yet."""
+
+
 class TrainingDivergedError(DeblurError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from deblurcli.cli import blur, evaluate, models, restore, train, weights
+from deblurcli.cli import blur, data, evaluate, models, restore, train, weights
 from deblurcli.cli._common import PENDING_CONTEXT
 
 app = typer.Typer(
@@ -16,12 +16,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("blur", context_settings=PENDING_CONTEXT)(blur.blur)
+app.command("blur")(blur.blur)
 app.command("train")(train.train)
 app.command("eval", context_settings=PENDING_CONTEXT)(evaluate.evaluate)
 app.command("restore", context_settings=PENDING_CONTEXT)(restore.restore)
 app.command("models")(models.models)
 app.add_typer(weights.app, name="weights")
+app.add_typer(data.app, name="data")
 
 
 def main() -> None:
