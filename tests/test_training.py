@@ -18,6 +18,7 @@ from conftest import natural_image
 
 from deblurcli.archs import get_spec, list_archs
 from deblurcli.data import dataset as ds
+from deblurcli.errors import UsageError
 from deblurcli.imageio import ImageData, write_image
 from deblurcli.inference import restore_tensor
 from deblurcli.training import TrainConfig, train
@@ -232,3 +233,24 @@ def test_torchrun_gloo_two_processes(pairs: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["step"] == 3
     assert load_model(run).arch_name == "transformnet"
+
+
+def test_degrade_on_the_fly(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    for i in range(4):
+        write_image(folder / f"p{i}.png", ImageData(natural_image(48, 48, seed=10 + i)))
+    examples = ds.sharp_only_examples(folder)
+    data = ds.PairDataset(examples, PATCH, degrade="gaussian", seed=3)
+    key = (1, (3, 0, 0, 5))
+    blurred, sharp, skipped = data[key]
+    assert blurred.shape == sharp.shape == (3, PATCH, PATCH) and not skipped
+    assert torch.equal(data[key][0], blurred)  # the key alone decides the sample
+    assert (blurred - sharp).abs().mean() > 1e-3  # it really was blurred
+    # A sharp edge loses contrast under blur: gradients shrink.
+    assert blurred.diff(dim=-1).abs().mean() < sharp.diff(dim=-1).abs().mean()
+    cfg = _config("transformnet", folder, tmp_path / "run", steps=2, degrade="gaussian")
+    result = train(cfg)
+    assert result.step == 2 and result.best_psnr is not None
+    bad = _config("transformnet", folder, tmp_path / "bad", degrade="sideways")
+    with pytest.raises(UsageError, match="unknown --degrade"):
+        train(bad)

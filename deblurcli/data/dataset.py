@@ -155,7 +155,9 @@ class PairDataset(Dataset):
         self.cache: dict[Path, np.ndarray] | None = {} if cache else None
         self.bad: set[int] = set()
         if degrade is not None:
-            _degradations()  # fail early, in the main process, when the module is missing
+            kinds = _degradations().KINDS
+            if degrade not in kinds:
+                raise UsageError(f"unknown --degrade {degrade!r}; choose from {', '.join(kinds)}")
         if any(e.blurred is None for e in self.examples) and degrade is None:
             raise UsageError("sharp-only images need --degrade KIND to synthesise the blur")
 
