@@ -10,7 +10,8 @@ Both configurations train the same small-width model on the same generated datas
   measured faster, see deblurcli/training/precision.py), decoded images cached, and
   DataLoader workers decoding/cropping in parallel.
 
-Prints patches/s (median over steps) and the chosen/naive ratio per architecture.
+Steps of the two are interleaved (the machine is shared). Prints patches/s (median) and
+the chosen/naive ratio per architecture.
 """
 
 from __future__ import annotations
@@ -55,19 +56,30 @@ def make_dataset(root: Path, n: int, size: int) -> Path:
     return root
 
 
-def measure(cfg: TrainConfig, warmup: int, steps: int) -> float:
-    """Median patches/s of loading a batch + one training step."""
-    trainer = Trainer(cfg)
-    batches = trainer._loader()
-    for _ in range(warmup):
-        trainer.train_step(next(batches))
-    times = []
-    for _ in range(steps):
+class _Runner:
+    """A trainer and its batch stream, timed one (load + step) at a time."""
+
+    def __init__(self, cfg: TrainConfig, warmup: int):
+        self.trainer = Trainer(cfg)
+        self.batches = self.trainer._loader()
+        self.batch_size = cfg.batch_size
+        for _ in range(warmup):
+            self.trainer.train_step(next(self.batches))
+
+    def timed_step(self) -> float:
         start = time.perf_counter()
-        trainer.train_step(next(batches))
-        times.append(time.perf_counter() - start)
-    del batches  # stops the workers
-    return cfg.batch_size / statistics.median(times)
+        self.trainer.train_step(next(self.batches))
+        return time.perf_counter() - start
+
+
+def measure(naive: TrainConfig, chosen: TrainConfig, steps: int) -> tuple[float, float]:
+    """Median patches/s of both, their steps interleaved so both see the same machine load."""
+    runners = [_Runner(naive, 1), _Runner(chosen, 2)]
+    times: list[list[float]] = [[], []]
+    for _ in range(steps):
+        for runner, out in zip(runners, times, strict=True):
+            out.append(runner.timed_step())
+    return tuple(r.batch_size / statistics.median(t) for r, t in zip(runners, times, strict=True))
 
 
 def main() -> None:
@@ -79,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     patch, batch = (64, 4) if args.quick else (96, 8)
-    steps = args.steps or (3 if args.quick else 6)
+    steps = args.steps or (4 if args.quick else 8)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"patch {patch}, batch {batch}"
@@ -107,8 +119,7 @@ def main() -> None:
                 **common,
             )
             chosen = TrainConfig(out=Path(tmp) / f"{arch}-chosen", workers=args.workers, **common)
-            base = measure(naive, 1, steps)
-            fast = measure(chosen, 2, steps)
+            base, fast = measure(naive, chosen, steps)
             prec = resolve(arch, torch.device("cpu"))
             desc = f"{prec.name}{' + channels_last' if prec.channels_last else ''}"
             print(
