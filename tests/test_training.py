@@ -254,3 +254,20 @@ def test_degrade_on_the_fly(tmp_path: Path) -> None:
     bad = _config("transformnet", folder, tmp_path / "bad", degrade="sideways")
     with pytest.raises(UsageError, match="unknown --degrade"):
         train(bad)
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(
+    pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deblurcli.errors import TrainingDivergedError
+    from deblurcli.training import losses
+
+    run = tmp_path / "run"
+    train(_config("transformnet", pairs, run, steps=2))
+    state = (run / "checkpoints" / "last.pt").read_bytes()
+    model = (run / "model.safetensors").read_bytes()
+    monkeypatch.setattr(losses, "mse_loss", lambda pred, target: (pred - target).sum() * np.nan)
+    with pytest.raises(TrainingDivergedError, match=r"nan at step 3.*last\.pt"):
+        train(_config("transformnet", pairs, run, steps=6, resume=True))
+    assert (run / "checkpoints" / "last.pt").read_bytes() == state
+    assert (run / "model.safetensors").read_bytes() == model

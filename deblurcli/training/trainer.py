@@ -492,9 +492,9 @@ class Trainer:
         terms = self._losses(blurred, sharp)
         loss = sum(terms.values(), torch.zeros((), device=self.device))
         if not dd.all_finite(loss, self.dist):
+            detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             raise TrainingDivergedError(
-                f"loss became {float(loss)} at step {self.step + 1} "
-                f"({', '.join(f'{k}={float(v):.4g}' for k, v in terms.items())}); "
+                f"loss became {float(loss.detach())} at step {self.step + 1} ({detail}); "
                 f"last good checkpoint: {self._last_good()}; try a lower --lr or --precision fp32"
             )
         self.opt.zero_grad(set_to_none=True)
