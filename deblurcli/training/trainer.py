@@ -159,7 +159,7 @@ class Trainer:
             adversarial=None if config.adversarial else False,
             n_critic=config.n_critic,
         )
-        torch.manual_seed(config.seed + self.dist.rank)
+        torch.manual_seed(config.seed)  # identical initial weights (and critic) on every rank
         random.seed(config.seed)
         self.model = create(config.arch, **arch_config(config)).to(self.device)
         self.multiple = getattr(self.model, "size_multiple", 1)
@@ -172,6 +172,8 @@ class Trainer:
         self.problems: list[str] = []
         self._setup_losses()
         self._setup_optim()
+        if self.dist.enabled:  # but different dropout/GP noise per rank
+            torch.manual_seed(config.seed + 7919 * self.dist.rank)
         self._setup_data()
         self.step = 0
         self.best_psnr: float | None = None
