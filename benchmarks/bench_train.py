@@ -44,6 +44,7 @@ SMALL = {
     "transformnet": {"base": 16, "n_blocks": 3},
     "simplecnn": {"widths": [16, 32, 64, 64, 32, 16]},
 }
+CRITIC = {"deblurgan": {"ndf": 16}, "skipae": {"width": 16}}
 
 
 def make_dataset(root: Path, n: int, size: int) -> Path:
@@ -90,20 +91,21 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    patch, batch = (64, 4) if args.quick else (96, 8)
-    steps = args.steps or (4 if args.quick else 8)
+    patch, batch = (48, 4) if args.quick else (64, 8)
+    steps = args.steps or (3 if args.quick else 6)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"patch {patch}, batch {batch}"
     )
     print(f"{'arch':<14}{'naive p/s':>11}{'chosen p/s':>12}{'ratio':>8}  chosen settings")
     with tempfile.TemporaryDirectory() as tmp:
-        data = make_dataset(Path(tmp) / "data", n=8, size=384 if args.quick else 768)
+        data = make_dataset(Path(tmp) / "data", n=8, size=256 if args.quick else 512)
         for arch in args.archs.split(","):
             common = dict(
                 arch=arch,
                 data=data,
                 arch_config=SMALL[arch],
+                critic_config=CRITIC.get(arch, {}),
                 patch_size=patch,
                 batch_size=batch,
                 steps=1000,

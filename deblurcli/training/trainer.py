@@ -61,6 +61,7 @@ class TrainConfig:
     n_critic: int | None = None  # critic updates per generator step (GAN recipes)
     width: str = "default"  # "default", "tiny" (the arch's tiny_config)
     arch_config: dict[str, Any] = field(default_factory=dict)
+    critic_config: dict[str, Any] = field(default_factory=dict)  # discriminator kwargs
     resume: bool = False
     vgg_weights: Path | None = None
     workers: int = 0
@@ -176,6 +177,7 @@ class Trainer:
             torch.manual_seed(config.seed + 7919 * self.dist.rank)
         self._setup_data()
         self.step = 0
+        self.rate = 0.0
         self.best_psnr: float | None = None
         if self.state is not None:
             self._restore(self.state)
@@ -254,11 +256,12 @@ class Trainer:
                 self.critic.parameters(), lr=r.adversarial.lr, betas=r.adversarial.betas
             )
 
-    def _critic_kwargs(self) -> dict[str, int]:
+    def _critic_kwargs(self) -> dict[str, Any]:
         # Tiny models get a critic of matching width so tests and CPU runs stay fast.
+        kwargs: dict[str, Any] = {}
         if self.cfg.width == "tiny":
-            return {"ndf": 8} if self.cfg.arch == "deblurgan" else {"width": 8}
-        return {}
+            kwargs = {"ndf": 8} if self.cfg.arch == "deblurgan" else {"width": 8}
+        return {**kwargs, **self.cfg.critic_config}
 
     def _lr_factor(self, step: int) -> float:
         r, total = self.recipe, max(1, self.cfg.steps)
@@ -545,28 +548,10 @@ class Trainer:
             self._prepare_run_dir()
         end = cfg.steps if cfg.stop_after is None else min(cfg.steps, self.step + cfg.stop_after)
         batches = self._loader()
-        last: dict[str, float] = {"loss": float("nan")}
-        rate, t0, n0 = 0.0, time.perf_counter(), self.step
-        bs = cfg.batch_size * self.dist.world
-        with _progress(cfg.progress and self.dist.is_main, cfg.steps, self.step, bs) as bar:
-            while self.step < end:
-                batch = next(batches)
-                if batch[2] and any(batch[2]):
-                    self.problems += [
-                        f"{n}: unreadable, skipped" for s in batch[2] for n in s.split("|") if n
-                    ]
-                last = self.train_step(batch)
-                now = time.perf_counter()
-                rate = (self.step - n0) * cfg.batch_size * self.dist.world / max(now - t0, 1e-9)
-                if self.dist.is_main and (self.step % cfg.log_every == 0 or self.step == end):
-                    self._log_train(last, rate)
-                bar(self.step, last, rate)
-                if self.step % cfg.val_every == 0 or self.step == end:
-                    self._validate_and_export()
-                if self.step % cfg.ckpt_every == 0 or self.step == end:
-                    self._save_state()
-                    if self.dist.is_main:
-                        self.metrics.flush()
+        try:
+            last = self._loop(batches, end)
+        finally:
+            del batches  # shuts the worker processes down now, even on an error
         if self.dist.is_main:
             self.metrics.flush()
             self.metrics.plot()
@@ -581,9 +566,32 @@ class Trainer:
             perceptual=self.perceptual,
             precision=self.prec.name,
             channels_last=self.prec.channels_last,
-            patches_per_s=rate,
+            patches_per_s=self.rate,
             problems=sorted(set(self.problems)),
         )
+
+    def _loop(self, batches: Iterator[Any], end: int) -> dict[str, float]:
+        cfg = self.cfg
+        last: dict[str, float] = {"loss": float("nan")}
+        t0, n0 = time.perf_counter(), self.step
+        bs = cfg.batch_size * self.dist.world
+        with _progress(cfg.progress and self.dist.is_main, cfg.steps, self.step, bs) as bar:
+            while self.step < end:
+                batch = next(batches)
+                for names in batch[2]:
+                    self.problems += [f"{n}: unreadable, skipped" for n in names.split("|") if n]
+                last = self.train_step(batch)
+                self.rate = (self.step - n0) * bs / max(time.perf_counter() - t0, 1e-9)
+                if self.dist.is_main and (self.step % cfg.log_every == 0 or self.step == end):
+                    self._log_train(last, self.rate)
+                bar(self.step, last, self.rate)
+                if self.step % cfg.val_every == 0 or self.step == end:
+                    self._validate_and_export()
+                if self.step % cfg.ckpt_every == 0 or self.step == end:
+                    self._save_state()
+                    if self.dist.is_main:
+                        self.metrics.flush()
+        return last
 
     def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -601,7 +609,7 @@ class Trainer:
             lr=self.sched.get_last_lr()[0],
             loss=terms["loss"],
             terms=detail,
-            patches_per_s=rate,
+            patches_per_s=self.rate,
         )
 
     def _validate_and_export(self) -> None:
