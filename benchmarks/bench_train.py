@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    patch, batch = (48, 4) if args.quick else (64, 8)
+    patch, batch = (64, 4) if args.quick else (64, 8)
     steps = args.steps or (3 if args.quick else 6)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
