@@ -17,7 +17,10 @@ simplecnn      1.62×    1.07×          2.08×
 
 So on a CPU with native bf16 every arch trains with bf16 autocast *and* channels_last (the
 combination wins everywhere; transformnet's bf16 is 10× slower without channels_last).
-Weights, optimiser state and losses stay fp32, so accuracy is that of bf16 activations.
+Weights, optimiser state and losses stay fp32, so accuracy is that of bf16 activations:
+after 30 steps on the same tiny dataset, validation PSNR with bf16 differed from fp32 by
+at most 0.05 dB for every arch (deblurgan −0.02, edgenet 0.00, resnetencdec −0.03,
+simplecnn 0.00, skipae 0.00, transformnet +0.05), so bf16 is used for all six.
 In fp32, channels_last only pays for the archs listed in ``_FP32_CHANNELS_LAST``.
 """
 
