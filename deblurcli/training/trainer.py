@@ -280,7 +280,9 @@ class Trainer:
         if cfg.degrade:
             if cfg.data is None:
                 raise UsageError("--degrade needs --data DIR of sharp images")
-            examples = ds.sharp_only_examples(cfg.data)
+            # A `deblur blur` folder: only its sharp half is a source for synthetic blur.
+            sharp_dir = cfg.data / "sharp"
+            examples = ds.sharp_only_examples(sharp_dir if sharp_dir.is_dir() else cfg.data)
         else:
             from deblurcli.data.pairs import find_pairs
 
@@ -314,7 +316,7 @@ class Trainer:
                 train=False,
                 degrade=cfg.degrade,
                 seed=cfg.seed,
-                cache=True,
+                cache=ds.estimated_bytes(val_examples[: cfg.val_images]) < 256 << 20,
             )
             if val_examples
             else None
