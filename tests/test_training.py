@@ -300,3 +300,15 @@ def test_cli_two_folders_val_dir_and_overrides(pairs: Path, tmp_path: Path) -> N
     assert saved["recipe"]["lr"] == 3e-4 and saved["arch_config"]["n_blocks"] == 2
     assert "l1=" in (run / "metrics.csv").read_text()
     assert load_model(run).arch_config["n_blocks"] == 2
+
+
+def test_vgg_layer_names_match_torchvision() -> None:
+    import torchvision
+
+    from deblurcli.training.vgg import layer_indices
+
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
+    convs = [i for i, m in enumerate(features) if isinstance(m, torch.nn.Conv2d)]
+    index = layer_indices()
+    assert list(index.values()) == convs and len(index) == 16
+    assert index["conv3_3"] == 14 and index["conv4_4"] == 25  # DeblurGAN's and seed 004's taps

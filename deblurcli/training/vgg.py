@@ -96,7 +96,8 @@ def load_vgg19(
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a VGG19 state dict")
-    features = torchvision.models.vgg19(weights=None).features
+    # Only the conv trunk: the classifier would add 120M parameters we never use.
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
     feat_state = {k.removeprefix("features."): v for k, v in state.items() if "classifier" not in k}
     try:
         features.load_state_dict(feat_state)
