@@ -312,3 +312,21 @@ def test_vgg_layer_names_match_torchvision() -> None:
     index = layer_indices()
     assert list(index.values()) == convs and len(index) == 16
     assert index["conv3_3"] == 14 and index["conv4_4"] == 25  # DeblurGAN's and seed 004's taps
+
+
+def test_gradient_penalty_of_a_linear_critic() -> None:
+    from deblurcli.training.losses import balanced_bce, gradient_penalty
+
+    # D(x) = <w, x> has gradient w everywhere: the penalty is exactly (‖w‖ − 1)².
+    w = torch.randn(1, 3, 8, 8)
+    critic = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731
+    real, fake = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    expected = (w.norm() - 1) ** 2
+    assert torch.allclose(gradient_penalty(critic, real, fake), expected, rtol=1e-5)
+    # Balanced BCE: the rare edge class weighs as much in total as the background.
+    target = torch.zeros(1, 1, 10, 10)
+    target[..., 0, :] = 1  # 10 % edges
+    logits = torch.zeros_like(target)  # p = 0.5 everywhere: per-pixel BCE = ln 2
+    pos_share = 0.9 * 10 * np.log(2) / 100
+    neg_share = 0.1 * 90 * np.log(2) / 100
+    assert torch.isclose(balanced_bce(logits, target), torch.tensor(pos_share + neg_share))
