@@ -1,0 +1,148 @@
+"""Classical baselines scored next to the networks, for context.
+
+* ``identity``: returns the blurry input (its row equals the blurry-input row by construction).
+* ``unsharp``: unsharp masking ``x + amount·(x − G_sigma * x)``; sigma and amount are tuned
+  by grid search on the first few pairs of the evaluated set (:data:`TUNE_IMAGES`).
+* ``wiener``: non-blind Wiener deconvolution with the *true* blur kernel that ``deblur blur``
+  stored for each pair; its noise-to-signal balance is tuned the same way. It knows the
+  kernel, the networks do not, so its row is labelled non-blind. Pairs without a kernel
+  (noise-only, or datasets not made by ``deblur blur``) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+BASELINES = ("identity", "unsharp", "wiener")
+TUNE_IMAGES = 4
+UNSHARP_SIGMAS = (0.8, 1.2, 1.8, 2.5, 3.5)
+UNSHARP_AMOUNTS = (0.3, 0.6, 1.0, 1.5, 2.0, 3.0)
+WIENER_BALANCES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+@dataclass
+class Sample:
+    """One pair as H×W×C float32 arrays, plus the true kernel when the dataset has one."""
+
+    blurred: np.ndarray
+    sharp: np.ndarray
+    kernel: np.ndarray | None = None
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * np.log10(1.0 / max(mse, 1e-12))
+
+
+@dataclass
+class Baseline:
+    """A pseudo-model: ``__call__`` maps a blurry H×W×C image (and kernel) to a restoration."""
+
+    name: str
+    label: str
+    non_blind: bool = False
+    params: dict[str, float] = field(default_factory=dict)
+
+    def tune(self, samples: list[Sample]) -> None:  # noqa: B027 (identity has nothing to tune)
+        """Pick parameters on ``samples``; a no-op for parameter-free baselines."""
+
+    def __call__(self, blurred: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
+        return blurred
+
+    def describe(self) -> str:
+        if not self.params:
+            return self.label
+        shown = ", ".join(f"{k}={v:g}" for k, v in self.params.items())
+        return f"{self.label} [{shown}]"
+
+
+class Unsharp(Baseline):
+    def __init__(self) -> None:
+        super().__init__("unsharp", "unsharp mask (tuned)", params={"sigma": 1.2, "amount": 1.0})
+
+    def __call__(self, blurred: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
+        return unsharp_mask(blurred, self.params["sigma"], self.params["amount"])
+
+    def tune(self, samples: list[Sample]) -> None:
+        samples = samples[:TUNE_IMAGES]
+        if not samples:
+            return
+        best = max(
+            itertools.product(UNSHARP_SIGMAS, UNSHARP_AMOUNTS),
+            key=lambda p: np.mean([_psnr(unsharp_mask(s.blurred, *p), s.sharp) for s in samples]),
+        )
+        self.params = {"sigma": best[0], "amount": best[1]}
+
+
+class Wiener(Baseline):
+    def __init__(self) -> None:
+        super().__init__(
+            "wiener", "wiener (non-blind, true kernel)", non_blind=True, params={"balance": 1e-2}
+        )
+
+    def __call__(self, blurred: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
+        if kernel is None:
+            return blurred
+        return wiener_deconvolve(blurred, kernel, self.params["balance"])
+
+    def tune(self, samples: list[Sample]) -> None:
+        samples = [s for s in samples if s.kernel is not None][:TUNE_IMAGES]
+        if not samples:
+            return
+        best = max(
+            WIENER_BALANCES,
+            key=lambda b: np.mean(
+                [_psnr(wiener_deconvolve(s.blurred, s.kernel, b), s.sharp) for s in samples]
+            ),
+        )
+        self.params = {"balance": best}
+
+
+def make_baseline(name: str) -> Baseline:
+    """A fresh baseline by name (one of :data:`BASELINES`)."""
+    if name == "identity":
+        return Baseline("identity", "identity (blurry input)")
+    if name == "unsharp":
+        return Unsharp()
+    if name == "wiener":
+        return Wiener()
+    raise KeyError(name)
+
+
+def unsharp_mask(image: np.ndarray, sigma: float, amount: float) -> np.ndarray:
+    """``image + amount·(image − gaussian(image))`` clipped to [0, 1]; H×W×C float32."""
+    blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+    blurred = blurred.reshape(image.shape)  # OpenCV drops a single channel axis
+    return np.clip(image + amount * (image - blurred), 0.0, 1.0).astype(np.float32)
+
+
+def _otf(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Optical transfer function of ``kernel`` (centred) for an FFT of ``shape``."""
+    padded = np.zeros(shape, np.float64)
+    kh, kw = kernel.shape
+    padded[:kh, :kw] = kernel
+    padded = np.roll(padded, (-(kh // 2), -(kw // 2)), axis=(0, 1))
+    return np.fft.rfft2(padded)
+
+
+def wiener_deconvolve(image: np.ndarray, kernel: np.ndarray, balance: float) -> np.ndarray:
+    """Wiener deconvolution of H×W×C ``image`` blurred by ``kernel`` (true convolution).
+
+    The image is mirrored to 2H×2W first so the FFT's periodic extension has no seams
+    (no ringing from the borders).
+    """
+    h, w = image.shape[:2]
+    kernel = np.asarray(kernel, np.float64)
+    kernel = kernel / kernel.sum()
+    mirrored = np.pad(image.astype(np.float64), ((0, h), (0, w), (0, 0)), mode="symmetric")
+    otf = _otf(kernel, mirrored.shape[:2])
+    gain = np.conj(otf) / (np.abs(otf) ** 2 + balance)
+    out = np.empty_like(image, dtype=np.float32)
+    for c in range(image.shape[2]):
+        spectrum = np.fft.rfft2(mirrored[..., c]) * gain
+        out[..., c] = np.fft.irfft2(spectrum, s=mirrored.shape[:2])[:h, :w]
+    return np.clip(out, 0.0, 1.0)
