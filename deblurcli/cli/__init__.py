@@ -18,7 +18,7 @@ app = typer.Typer(
 )
 app.command("blur", context_settings=PENDING_CONTEXT)(blur.blur)
 app.command("train", context_settings=PENDING_CONTEXT)(train.train)
-app.command("eval", context_settings=PENDING_CONTEXT)(evaluate.evaluate)
+app.command("eval")(evaluate.evaluate)
 app.command("restore", context_settings=PENDING_CONTEXT)(restore.restore)
 app.command("models")(models.models)
 app.add_typer(weights.app, name="weights")

@@ -62,7 +62,7 @@ class Baseline:
 
 class Unsharp(Baseline):
     def __init__(self) -> None:
-        super().__init__("unsharp", "unsharp mask (tuned)", params={"sigma": 1.2, "amount": 1.0})
+        super().__init__("unsharp", "unsharp (tuned)", params={"sigma": 1.2, "amount": 1.0})
 
     def __call__(self, blurred: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
         return unsharp_mask(blurred, self.params["sigma"], self.params["amount"])
@@ -81,7 +81,7 @@ class Unsharp(Baseline):
 class Wiener(Baseline):
     def __init__(self) -> None:
         super().__init__(
-            "wiener", "wiener (non-blind, true kernel)", non_blind=True, params={"balance": 1e-2}
+            "wiener", "wiener (true kernel)", non_blind=True, params={"balance": 1e-2}
         )
 
     def __call__(self, blurred: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
@@ -105,7 +105,7 @@ class Wiener(Baseline):
 def make_baseline(name: str) -> Baseline:
     """A fresh baseline by name (one of :data:`BASELINES`)."""
     if name == "identity":
-        return Baseline("identity", "identity (blurry input)")
+        return Baseline("identity", "identity")
     if name == "unsharp":
         return Unsharp()
     if name == "wiener":

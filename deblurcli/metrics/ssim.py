@@ -78,3 +78,8 @@ def ssim(
 
     x, y = prepare_pair(x, y, crop_border, y_channel)
     return ssim_map_mean(x, y, data_range)
+
+
+def window_size() -> int:
+    """Smallest image side SSIM accepts (after any crop): 11 for sigma 1.5."""
+    return 2 * int(TRUNCATE * SIGMA + 0.5) + 1
