@@ -80,9 +80,7 @@ class Unsharp(Baseline):
 
 class Wiener(Baseline):
     def __init__(self) -> None:
-        super().__init__(
-            "wiener", "wiener (true kernel)", non_blind=True, params={"balance": 1e-2}
-        )
+        super().__init__("wiener", "wiener (true kernel)", non_blind=True, params={"balance": 1e-2})
 
     def __call__(self, blurred: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
         if kernel is None:
