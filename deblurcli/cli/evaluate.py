@@ -64,8 +64,13 @@ def print_table(result: EvalResult) -> None:
             ]
             fam.add_row(r.label, *cells)
         console.print(fam)
-    if any(r.non_blind for r in result.rows):
-        console.print("* non-blind: given the true blur kernel, which the networks never see")
+    for r in result.rows:
+        if r.non_blind:
+            console.print(
+                f"* {r.key}: non-blind, given the true blur kernel (which the networks never "
+                f"see); {r.note}",
+                highlight=False,
+            )
 
 
 def _progress(index: int, total: int, name: str) -> None:

@@ -86,6 +86,7 @@ class RowSummary:
     mp_per_s: float | None = None
     params: int | None = None
     non_blind: bool = False
+    note: str = ""
     settings: dict[str, float] = field(default_factory=dict)
     families: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -141,6 +142,7 @@ class Candidate:
     baseline: Baseline | None = None
     seconds: float = 0.0
     megapixels: float = 0.0
+    kernels_used: int = 0
 
 
 def _finite(value: Any) -> Any:
@@ -425,6 +427,7 @@ def evaluate(
         for c in candidates:
             start = time.perf_counter()
             out = c.run(loaded.blurred, kernel)
+            c.kernels_used += int(c.non_blind and kernel is not None)
             seconds = time.perf_counter() - start
             if index > 0 or len(pairs) == 1:  # the first image pays for warm-up
                 c.seconds += seconds
@@ -452,6 +455,9 @@ def evaluate(
         "metrics": "PSNR (dB) and SSIM (Gaussian window, sigma 1.5, data range 1), float64",
     }
     rows = summarize(images, candidates)
+    for row in rows:
+        if row.non_blind and row.images and row.note.startswith("true kernel known for 0 "):
+            log.warning("%s: no blur kernels in this dataset; it returned the input", row.key)
     return EvalResult(rows, images, problems, settings, samples)
 
 
@@ -480,6 +486,8 @@ def summarize(images: list[ImageScore], candidates: list[Candidate]) -> list[Row
         row = _row(c.key, c.label, c.kind, [s for s in images if s.model == c.key])
         row.params = c.params
         row.non_blind = c.non_blind
+        if c.non_blind:
+            row.note = f"true kernel known for {c.kernels_used} of {row.images} images"
         row.settings = dict(c.baseline.params) if c.baseline else {}
         row.mp_per_s = c.megapixels / c.seconds if c.seconds > 0 else None
         rows.append(row)
