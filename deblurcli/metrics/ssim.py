@@ -11,7 +11,6 @@ convolution is exact. This is also BasicSR's ``calculate_ssim``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from deblurcli.errors import UsageError
@@ -31,23 +30,32 @@ def gaussian_window(
     return taps / taps.sum()
 
 
-def _filter(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """Separable 'valid' filtering of N×C×H×W, each channel on its own."""
-    c = x.shape[1]
-    k = taps.numel()
-    x = F.conv2d(x, taps.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
-    return F.conv2d(x, taps.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+def _filter(x: torch.Tensor, taps: list[float]) -> torch.Tensor:
+    """Separable 'valid' filtering of N×C×H×W along W then H, each channel on its own.
+
+    A sum of shifted slices accumulated in place: in float64 on the CPU this is several
+    times faster than a grouped ``conv2d``, and it is just as quick on a GPU.
+    """
+    k = len(taps)
+    h, w = x.shape[-2] - k + 1, x.shape[-1] - k + 1
+    rows = x[..., :, 0:w] * taps[0]
+    for i in range(1, k):
+        rows.add_(x[..., :, i : i + w], alpha=taps[i])
+    out = rows[..., 0:h, :] * taps[0]
+    for i in range(1, k):
+        out.add_(rows[..., i : i + h, :], alpha=taps[i])
+    return out
 
 
 def ssim_map_mean(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Mean SSIM per image of two N×C×H×W tensors (already cropped / converted); float64."""
     if x.shape != y.shape:
         raise UsageError(f"ssim: shape mismatch {tuple(x.shape)} vs {tuple(y.shape)}")
-    taps = gaussian_window(dtype=torch.float64).to(x.device)
-    if min(x.shape[-2:]) < taps.numel():
+    taps = gaussian_window(dtype=torch.float64).tolist()
+    if min(x.shape[-2:]) < len(taps):
         raise UsageError(
             f"ssim: images of {x.shape[-1]}×{x.shape[-2]} are smaller than the "
-            f"{taps.numel()}-pixel SSIM window"
+            f"{len(taps)}-pixel SSIM window"
         )
     x = x.to(torch.float64)
     y = y.to(torch.float64)
