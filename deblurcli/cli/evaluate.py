@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import typer
+from rich.progress import Progress
 from rich.table import Table
 
 from deblurcli.cli._common import console, err_console, friendly_errors, is_tty
@@ -73,12 +74,6 @@ def print_table(result: EvalResult) -> None:
             )
 
 
-def _progress(index: int, total: int, name: str) -> None:
-    if is_tty() and total:
-        end = "\n" if index == total else ""
-        err_console.print(f"\r[{index}/{total}] {name[:60]:<60}", end=end, highlight=False)
-
-
 @friendly_errors
 def evaluate(
     model: list[str] = typer.Option(
@@ -142,9 +137,15 @@ def evaluate(
         sample=sample,
     )
     models = list(model) if model else [None]
-    result = run_evaluation(
-        models, data, sharp=sharp, blurred=blurred, options=options, progress=_progress
-    )
+    with Progress(console=err_console, transient=True, disable=not is_tty()) as bar:
+        task = bar.add_task("scoring", total=None)
+
+        def progress(index: int, total: int, name: str) -> None:
+            bar.update(task, completed=index, total=total, description=name[-40:])
+
+        result = run_evaluation(
+            models, data, sharp=sharp, blurred=blurred, options=options, progress=progress
+        )
     if report is not None:
         from deblurcli.evaluation.report import write_report
 
