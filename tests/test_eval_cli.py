@@ -220,3 +220,24 @@ def test_benchmark_is_built_once_from_a_photo_folder(tmp_path: Path, monkeypatch
     assert code == 0 and again["rows"][0] == summary["rows"][0]
     assert rows_by_key(again)["wiener"]["psnr"] == rows["wiener"]["psnr"]
     assert (built[0] / "manifest.jsonl").stat().st_mtime_ns == stamp  # cached, not rebuilt
+
+
+def test_two_folders_grayscale_and_limit(tmp_path: Path) -> None:
+    for i in range(3):
+        sharp = natural_image(40, 44, seed=20 + i).mean(axis=2, keepdims=True)
+        blurred = convolve(sharp[..., 0], _kernel("gaussian", 1), mode="reflect")[..., None]
+        write_image(tmp_path / "gt" / f"g{i}.png", ImageData(sharp))
+        write_image(tmp_path / "in" / f"g{i}.png", ImageData(np.clip(blurred, 0, 1)))
+    args = ["-m", "identity", "-m", "wiener", "--sharp", str(tmp_path / "gt")]
+    code, summary, stderr = run_json(*args, "--blurred", str(tmp_path / "in"), "--limit", "2")
+    assert code == 0 and summary["images_scored"] == 2
+    a = read_image(tmp_path / "gt" / "g0.png").pixels[..., 0].astype(np.float64)
+    b = read_image(tmp_path / "in" / "g0.png").pixels[..., 0].astype(np.float64)
+    a1 = read_image(tmp_path / "gt" / "g1.png").pixels[..., 0].astype(np.float64)
+    b1 = read_image(tmp_path / "in" / "g1.png").pixels[..., 0].astype(np.float64)
+    expected = np.mean([peak_signal_noise_ratio(x, y, data_range=1) for x, y in [(a, b), (a1, b1)]])
+    rows = rows_by_key(summary)
+    assert rows["blurry"]["psnr"] == pytest.approx(expected, abs=1e-6)
+    # no 'deblur blur' layout, so no kernels: the non-blind row says so and changes nothing
+    assert rows["wiener"]["note"].startswith("true kernel known for 0 of 2")
+    assert rows["wiener"]["psnr"] == rows["blurry"]["psnr"]

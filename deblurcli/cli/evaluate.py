@@ -109,6 +109,12 @@ def evaluate(
     tile: str = typer.Option("auto", "--tile", help="Tile size in pixels, 0 = whole image."),
     tile_overlap: int | None = typer.Option(None, "--tile-overlap", min=0),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
+    precision: str = typer.Option(
+        "fp32",
+        "--precision",
+        help="Inference precision (fp32 by default so scores do not depend on the GPU; "
+        "'auto' measures what 'deblur restore' would run).",
+    ),
     report: Path | None = typer.Option(
         None, "--report", help="Write per-image CSV, JSON summary, comparison grid and plot here."
     ),
@@ -133,6 +139,7 @@ def evaluate(
         tile=_tile(tile),
         tile_overlap=tile_overlap,
         device=device,
+        precision=precision,
         limit=limit,
         sample=sample,
     )

@@ -52,7 +52,7 @@ class EvalOptions:
     tile: int | str = "auto"
     tile_overlap: int | None = None
     device: str | None = None
-    precision: str = "auto"
+    precision: str = "fp32"  # scores must not depend on the GPU's half-precision support
     limit: int | None = None
     sample: int = 4  # pairs whose pictures are kept for the report grid
 
@@ -452,6 +452,7 @@ def evaluate(
         "y_channel": options.y_channel,
         "tile": options.tile,
         "device": str(device),
+        "precision": options.precision,
         "metrics": "PSNR (dB) and SSIM (Gaussian window, sigma 1.5, data range 1), float64",
     }
     rows = summarize(images, candidates)
