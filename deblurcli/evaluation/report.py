@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from deblurcli.evaluation.runner import INPUT_KEY, EvalResult, SampleImages
 from deblurcli.imageio import atomic_path, atomic_write_bytes
@@ -27,6 +28,7 @@ GAIN_PLOT_NAME = "psnr_gain.png"
 REPORT_FILES = (CSV_NAME, SUMMARY_NAME, GRID_NAME, GAIN_PLOT_NAME)
 CSV_FIELDS = ("image", "family", "model", "psnr", "ssim", "psnr_gain", "ssim_gain", "seconds")
 _CELL_INCHES = 2.4
+_NAMED_TICKS = 16  # up to this many images, the gain plot names them
 _LABEL_BOX = {"facecolor": "black", "alpha": 0.6, "pad": 2, "edgecolor": "none"}
 
 
@@ -152,6 +154,10 @@ def comparison_figure(result: EvalResult) -> Figure:
     return fig
 
 
+def _short(name: str, width: int = 24) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
 def gain_figure(result: EvalResult) -> Figure:
     """Per-image PSNR gain over the blurry input, images ordered hardest first."""
     fig = Figure(figsize=(8, 4.2), layout="constrained")
@@ -170,6 +176,11 @@ def gain_figure(result: EvalResult) -> Figure:
         label = f"{row.label} (mean {row.psnr_gain:+.2f} dB)"
         ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, label=label)
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
+    if 0 < len(order) <= _NAMED_TICKS:
+        ax.set_xticks(range(len(order)), [_short(n) for n in order], rotation=40, ha="right")
+        ax.tick_params(axis="x", labelsize=7)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("image (ordered by blurry-input PSNR, hardest first)")
     ax.set_ylabel("PSNR gain over blurry input (dB)")
     ax.set_title("Per-image PSNR gain")
