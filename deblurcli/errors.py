@@ -39,3 +39,15 @@ class NotYetAvailableError(DeblurError):
     """A feature whose implementation has not landed yet."""
 
     exit_code = 3
+
+
+class ManifestError(DeblurError):
+    """``weights_manifest.toml`` (or a manifest named by ``DEBLURCLI_MANIFEST``) is invalid."""
+
+
+class WeightsUnavailableError(CheckpointError):
+    """Pretrained weights that are neither shipped, cached nor downloadable right now."""
+
+
+class ChecksumError(CheckpointError):
+    """A weights file whose sha256 does not match the manifest."""

@@ -1,40 +1,109 @@
-"""``deblur weights``: list, download, verify and locate pretrained weights (issue #5)."""
+"""``deblur weights``: list, download, verify and locate pretrained weights."""
 
 from __future__ import annotations
 
-import typer
+import json
 
-from deblurcli.cli._common import PENDING_CONTEXT, friendly_errors, pending
+import typer
+from rich.table import Table
+
+from deblurcli.cli._common import console, err_console, fail, friendly_errors
+from deblurcli.errors import DeblurError, UsageError, WeightsUnavailableError
+from deblurcli.weights.inventory import describe_pretrained, verify_local
+from deblurcli.weights.manifest import get_pretrained, list_pretrained, manifest_path
+from deblurcli.weights.resolve import local_weights, resolve_weights
 
 app = typer.Typer(
     help="Pretrained weights: list, download, verify and locate them.",
     no_args_is_help=True,
 )
 
+_NONE_YET = "no pretrained weights are published yet (manifest: {path})"
 
-@app.command("list", context_settings=PENDING_CONTEXT)
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+@app.command("list")
 @friendly_errors
-def list_weights(ctx: typer.Context) -> None:
+def list_weights(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
     """List pretrained models: name, arch, size, available locally, benchmark scores."""
-    pending("weights list", 5)
+    records = describe_pretrained()
+    if as_json:
+        typer.echo(json.dumps(records, indent=2))
+        return
+    if not records:
+        console.print(_NONE_YET.format(path=manifest_path()), highlight=False)
+        return
+    table = Table(title="pretrained weights")
+    for col in ("name", "arch", "size", "local", "scores", "licence"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for r in records:
+        scores = ", ".join(f"{k} {v:g}" for k, v in r["scores"].items()) or "-"
+        local = f"[green]{r['local']}[/]" if r["local"] else "no"
+        name = f"{r['name']} (default)" if r["default_model"] else r["name"]
+        table.add_row(name, r["arch"], _size(r["size"]), local, scores, r["license"])
+    console.print(table)
 
 
-@app.command("download", context_settings=PENDING_CONTEXT)
+@app.command("download")
 @friendly_errors
-def download(ctx: typer.Context) -> None:
+def download(
+    names: list[str] = typer.Argument(None, help="Manifest names or hf://owner/repo/file@rev."),
+    all_: bool = typer.Option(False, "--all", help="Every model in the manifest."),
+) -> None:
     """Download NAME (or --all) into the Hugging Face cache, checking sha256."""
-    pending("weights download", 5)
+    if bool(names) == all_:
+        raise UsageError("give model NAME(s) or --all (not both)")
+    if all_:
+        names = [e.name for e in list_pretrained()]
+        if not names:
+            console.print(_NONE_YET.format(path=manifest_path()), highlight=False)
+            return
+    failed = 0
+    for name in names:
+        try:
+            typer.echo(f"{name}: {resolve_weights(name)}")
+        except DeblurError as exc:
+            failed += 1
+            err_console.print(f"[red]failed:[/] {exc}", highlight=False, soft_wrap=True)
+    if failed:
+        fail(f"{failed} of {len(names)} downloads failed (see above)")
 
 
-@app.command("verify", context_settings=PENDING_CONTEXT)
+@app.command("verify")
 @friendly_errors
-def verify(ctx: typer.Context) -> None:
+def verify(
+    names: list[str] = typer.Argument(None, help="Only these models (default: all)."),
+) -> None:
     """Re-hash every locally available weights file against the manifest."""
-    pending("weights verify", 5)
+    results = verify_local(names=names or None)
+    for r in results:
+        where = r.path if r.path else "not downloaded"
+        color = {"ok": "green", "mismatch": "red", "missing": "dim"}[r.status]
+        console.print(f"[{color}]{r.status:>8}[/] {r.name}  {where}", highlight=False)
+    bad = [r for r in results if r.status == "mismatch"]
+    if bad:
+        fail(
+            f"{len(bad)} file(s) do not match the manifest: "
+            + ", ".join(f"{r.name} ({r.path})" for r in bad)
+            + "; run 'deblur weights download NAME' to fetch them again"
+        )
+    if not results:
+        console.print(_NONE_YET.format(path=manifest_path()), highlight=False)
 
 
-@app.command("path", context_settings=PENDING_CONTEXT)
+@app.command("path")
 @friendly_errors
-def path(ctx: typer.Context) -> None:
+def path(name: str = typer.Argument(..., help="A manifest name (arch or arch.tag).")) -> None:
     """Print the local path of NAME's weights file."""
-    pending("weights path", 5)
+    entry = get_pretrained(name)
+    found = local_weights(entry)
+    if found is None:
+        raise WeightsUnavailableError(
+            f"'{entry.name}' is not on this machine yet; run 'deblur weights download {entry.name}'"
+        )
+    typer.echo(str(found))

@@ -1,26 +1,301 @@
-"""``weights_manifest.toml``: the list of pretrained models shipped or published."""
+"""``weights_manifest.toml``: the pretrained models that are shipped or published.
+
+One ``[[model]]`` table per checkpoint; the example block at the top of the bundled manifest
+documents every key. The manifest is validated as it is read, so a typo in a key, a missing
+sha256, an architecture that is not in the registry or a file name that could escape its
+folder is a one-line :class:`~deblurcli.errors.ManifestError` rather than a surprise later.
+
+Files shipped inside the package live in ``pretrained/`` beside the manifest file (for the
+bundled manifest: ``deblurcli/pretrained/``).
+"""
 
 from __future__ import annotations
 
+import os
+import re
 import sys
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from deblurcli.archs import list_archs, resolve_config
+from deblurcli.errors import DeblurError, ManifestError, WeightsUnavailableError
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-MANIFEST_PATH = Path(__file__).resolve().parent.parent / "weights_manifest.toml"
+# Not resolved: the symlink's folder (deblurcli/) is where shipped files live, in a checkout
+# and in an installed wheel alike.
+MANIFEST_PATH = Path(__file__).parent.parent / "weights_manifest.toml"
+MANIFEST_ENV = "DEBLURCLI_MANIFEST"
+SCHEMA_VERSION = 1
+
+_TOP_KEYS = {"schema_version", "default", "model"}
+_REQUIRED = ("name", "arch", "file", "sha256", "size", "license")
+_OPTIONAL = {
+    "default": bool,
+    "config": dict,
+    "dataset": str,
+    "recipe": str,
+    "scores": dict,
+    "benchmark": str,
+    "hub_repo": str,
+    "revision": str,
+    "shipped": bool,
+    "description": str,
+}
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "arch": str,
+    "file": str,
+    "sha256": str,
+    "size": int,
+    "license": str,
+    **_OPTIONAL,
+}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_TAG = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors")
+_REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-@lru_cache(maxsize=1)
-def load_manifest(path: Path = MANIFEST_PATH) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        return tomllib.load(f)
+@dataclass(frozen=True)
+class PretrainedEntry:
+    """One pretrained checkpoint described by the manifest."""
+
+    name: str
+    arch: str
+    file: str
+    sha256: str
+    size: int
+    license: str
+    package_dir: Path
+    default: bool = False
+    config: dict[str, Any] = field(default_factory=dict)
+    dataset: str = ""
+    recipe: str = ""
+    scores: dict[str, float] = field(default_factory=dict)
+    benchmark: str = ""
+    hub_repo: str | None = None
+    revision: str | None = None
+    shipped: bool = False
+    description: str = ""
+
+    @property
+    def tag(self) -> str:
+        """The part after ``arch.``; empty for an entry named by its bare arch."""
+        return self.name.partition(".")[2]
+
+    @property
+    def package_path(self) -> Path:
+        """Where the file lives when it is shipped inside the package."""
+        return self.package_dir / self.file
+
+    @property
+    def hub_url(self) -> str | None:
+        """``hf://owner/repo/file@revision`` when published on the Hub."""
+        if self.hub_repo is None:
+            return None
+        return f"hf://{self.hub_repo}/{self.file}@{self.revision}"
 
 
-def pretrained_archs() -> set[str]:
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest: its entries and the default model name."""
+
+    path: Path
+    entries: tuple[PretrainedEntry, ...]
+    default: str | None = None
+
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+
+def _fail(where: str, message: str) -> ManifestError:
+    return ManifestError(f"{where}: {message}")
+
+
+def _check_types(where: str, raw: dict[str, Any]) -> None:
+    unknown = sorted(set(raw) - set(_TYPES))
+    if unknown:
+        raise _fail(where, f"unknown key(s) {', '.join(unknown)}; valid: {', '.join(_TYPES)}")
+    for key in _REQUIRED:
+        if key not in raw:
+            raise _fail(where, f"missing required key '{key}'")
+    for key, value in raw.items():
+        expected = _TYPES[key]
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise _fail(where, f"'{key}' must be a {getattr(expected, '__name__', expected)}")
+
+
+def _check_name(where: str, name: str, arch: str) -> None:
+    if arch not in list_archs():
+        raise _fail(where, f"arch '{arch}' is not in the registry ({', '.join(list_archs())})")
+    bare, dot, tag = name.partition(".")
+    if bare != arch or (dot and not _TAG.fullmatch(tag)):
+        raise _fail(where, f"name '{name}' must be '{arch}' or '{arch}.<tag>' (tag: [a-z0-9_-])")
+
+
+def _check_file(where: str, file: str) -> None:
+    # A bare name only: the file joins a package folder and a Hub cache path, so separators,
+    # '..' or a leading dot could make it escape them.
+    if not _FILE.fullmatch(file) or ".." in file:
+        raise _fail(
+            where, f"file '{file}' must be a plain '*.safetensors' file name (no folders, no '..')"
+        )
+
+
+def _check_publishing(where: str, raw: dict[str, Any]) -> None:
+    repo, revision = raw.get("hub_repo"), raw.get("revision")
+    if repo is not None and not _REPO.fullmatch(repo):
+        raise _fail(where, f"hub_repo '{repo}' must look like 'owner/name'")
+    if (repo is None) != (revision is None):
+        raise _fail(where, "hub_repo and revision go together (revision pins a commit)")
+    if revision is not None and not _COMMIT.fullmatch(revision):
+        raise _fail(where, f"revision '{revision}' must be a full 40-hex commit hash (pinned)")
+
+
+def _parse_entry(where: str, raw: dict[str, Any], package_dir: Path) -> PretrainedEntry:
+    _check_types(where, raw)
+    _check_name(where, raw["name"], raw["arch"])
+    where = f"{where} ('{raw['name']}')"
+    _check_file(where, raw["file"])
+    if not _SHA256.fullmatch(raw["sha256"]):
+        raise _fail(where, "sha256 must be 64 lowercase hex digits")
+    if raw["size"] <= 0:
+        raise _fail(where, "size must be a positive number of bytes")
+    _check_publishing(where, raw)
+    try:
+        resolve_config(raw["arch"], **raw.get("config", {}))
+    except DeblurError as exc:
+        raise _fail(where, f"config: {exc}") from None
+    scores = raw.get("scores", {})
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values()):
+        raise _fail(where, "scores must map metric names to numbers")
+    return PretrainedEntry(
+        **{k: v for k, v in raw.items() if k != "scores"},
+        scores={k: float(v) for k, v in scores.items()},
+        package_dir=package_dir,
+    )
+
+
+def _check_defaults(where: str, entries: list[PretrainedEntry], default: str | None) -> None:
+    names = [e.name for e in entries]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise _fail(where, f"duplicate model name(s) {', '.join(dupes)}")
+    for arch in sorted({e.arch for e in entries}):
+        tags = [e for e in entries if e.arch == arch]
+        marked = [e.name for e in tags if e.default or e.name == arch]
+        if len(marked) > 1:
+            raise _fail(where, f"{arch}: more than one default ({', '.join(marked)})")
+        if len(tags) > 1 and not marked:
+            raise _fail(where, f"{arch}: several tags, so mark one 'default = true'")
+    if default is not None and default not in names and default not in {e.arch for e in entries}:
+        raise _fail(where, f"default '{default}' is not a model in this manifest")
+
+
+def parse_manifest(data: dict[str, Any], path: Path, package_dir: Path | None = None) -> Manifest:
+    """Validate the TOML ``data`` read from ``path`` into a :class:`Manifest`."""
+    where = str(path)
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise _fail(where, f"unknown top-level key(s) {', '.join(unknown)}")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise _fail(where, f"schema_version must be {SCHEMA_VERSION}")
+    models = data.get("model", [])
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        raise _fail(where, "'model' must be an array of tables ([[model]])")
+    default = data.get("default")
+    if default is not None and not isinstance(default, str):
+        raise _fail(where, "'default' must be a model name")
+    package_dir = package_dir or path.parent / "pretrained"
+    entries = [
+        _parse_entry(f"{where}: model #{i + 1}", raw, package_dir) for i, raw in enumerate(models)
+    ]
+    _check_defaults(where, entries, default)
+    return Manifest(path=path, entries=tuple(entries), default=default)
+
+
+_CACHE: dict[tuple[str, int, int], Manifest] = {}
+
+
+def manifest_path() -> Path:
+    """The manifest in use: ``$DEBLURCLI_MANIFEST`` if set, else the bundled one."""
+    env = os.environ.get(MANIFEST_ENV)
+    return Path(env).expanduser() if env else MANIFEST_PATH
+
+
+def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
+    """Read and validate a manifest (default: :func:`manifest_path`); cached per file version."""
+    path = Path(path) if path is not None else manifest_path()
+    try:
+        stat = path.stat()
+        key = (str(path.absolute()), stat.st_mtime_ns, stat.st_size)
+        if key not in _CACHE:
+            with open(path, "rb") as f:
+                _CACHE[key] = parse_manifest(tomllib.load(f), path)
+    except FileNotFoundError:
+        hint = f" (set by {MANIFEST_ENV})" if os.environ.get(MANIFEST_ENV) else ""
+        raise ManifestError(f"{path}: no such weights manifest{hint}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"{path}: not valid TOML ({exc})") from None
+    return _CACHE[key]
+
+
+ManifestLike = Manifest | str | os.PathLike[str] | None
+
+
+def as_manifest(manifest: ManifestLike) -> Manifest:
+    """Accept a :class:`Manifest`, a path to one, or None (the manifest in use)."""
+    return manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+
+
+def list_pretrained(manifest: ManifestLike = None) -> list[PretrainedEntry]:
+    """Every pretrained entry, in manifest order."""
+    return list(as_manifest(manifest).entries)
+
+
+def pretrained_archs(manifest: ManifestLike = None) -> set[str]:
     """Architectures with at least one pretrained entry in the manifest."""
-    return {entry["arch"] for entry in load_manifest().get("model", [])}
+    return {e.arch for e in as_manifest(manifest).entries}
+
+
+def default_model_name(manifest: ManifestLike = None) -> str | None:
+    """What ``--model`` means when omitted: the manifest's ``default``, else its first model."""
+    m = as_manifest(manifest)
+    if m.default is not None:
+        return get_pretrained(m.default, m).name
+    return m.entries[0].name if m.entries else None
+
+
+def find_pretrained(name: str, manifest: ManifestLike = None) -> PretrainedEntry | None:
+    """The entry called ``name``; a bare arch name means that arch's default tag."""
+    entries = as_manifest(manifest).entries
+    for e in entries:
+        if e.name == name:
+            return e
+    same_arch = [e for e in entries if e.arch == name]
+    marked = [e for e in same_arch if e.default]
+    # Validation guarantees at most one default per arch, and one when there are several tags.
+    return (marked or same_arch or [None])[0]
+
+
+def get_pretrained(name: str, manifest: ManifestLike = None) -> PretrainedEntry:
+    """Like :func:`find_pretrained`, but an unknown name is a one-line user error."""
+    m = as_manifest(manifest)
+    entry = find_pretrained(name, m)
+    if entry is not None:
+        return entry
+    if not m.entries:
+        raise WeightsUnavailableError(
+            f"'{name}': no pretrained weights are available yet; pass --model PATH to a "
+            "model.safetensors written by 'deblur train'"
+        )
+    raise WeightsUnavailableError(
+        f"'{name}' is not a pretrained model; known: {', '.join(m.names())} "
+        "(or pass --model PATH to a checkpoint)"
+    )

@@ -1,24 +1,255 @@
-"""Resolve ``--model`` values to a loaded model (manifest names and the Hub land with #5)."""
+"""Resolve a ``--model`` value to a weights file and a loaded model.
+
+A value is a local path (a checkpoint file, or a run folder holding ``model.safetensors``),
+a manifest name (``arch`` or ``arch.tag``), or ``hf://owner/repo[/file][@revision]``.
+A manifest entry is looked for, in order, in the package (``pretrained/``), in the Hugging
+Face cache, and finally downloaded at its pinned revision. Every file resolved through the
+manifest is sha256-checked; a corrupt cache entry is downloaded again once.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
-from deblurcli.errors import CheckpointError
-from deblurcli.weights.checkpoint import load_checkpoint
+from deblurcli.errors import CheckpointError, ChecksumError, WeightsUnavailableError
+from deblurcli.weights import hub
+from deblurcli.weights.checkpoint import ARCH_KEY, load_checkpoint, read_metadata
+from deblurcli.weights.manifest import (
+    ManifestLike,
+    PretrainedEntry,
+    as_manifest,
+    default_model_name,
+    find_pretrained,
+    get_pretrained,
+)
+
+HF_PREFIX = "hf://"
+DEFAULT_HUB_FILE = "model.safetensors"
+_HF_URI = re.compile(
+    r"hf://(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:/(?P<file>[^@]+))?(?:@(?P<rev>[\w./-]+))?"
+)
+_CHUNK = 1 << 20
+_CHECKPOINT_SUFFIXES = {".safetensors", ".pth", ".pt", ".bin"}
 
 
-def load_model(name_or_path: str | os.PathLike[str]) -> nn.Module:
-    """Load a checkpoint by path (a ``model.safetensors`` or a run folder containing one)."""
-    path = Path(name_or_path)
+@dataclass(frozen=True)
+class HubRef:
+    """A parsed ``hf://owner/repo[/file][@revision]``."""
+
+    repo_id: str
+    filename: str = DEFAULT_HUB_FILE
+    revision: str = "main"
+
+
+def parse_hf_uri(value: str) -> HubRef:
+    """Parse ``hf://owner/repo[/file][@revision]``; a bad one is a one-line error."""
+    m = _HF_URI.fullmatch(value)
+    file = m and m["file"]
+    if m is None or (file and any(p in {"", ".", ".."} for p in file.split("/"))):
+        raise CheckpointError(
+            f"{value}: expected hf://owner/repo[/path/to/file.safetensors][@revision]"
+        )
+    return HubRef(m["repo"], file or DEFAULT_HUB_FILE, m["rev"] or "main")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb") as f:
+        while n := f.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+def verify_file(path: Path, entry: PretrainedEntry) -> bool:
+    """True when ``path`` has the size and sha256 the manifest gives for ``entry``."""
+    return path.stat().st_size == entry.size and sha256_file(path) == entry.sha256
+
+
+def _checksum_error(entry: PretrainedEntry, path: Path, fix: str) -> ChecksumError:
+    return ChecksumError(
+        f"{path}: sha256 does not match the manifest for '{entry.name}' "
+        f"(expected {entry.sha256[:12]}…, {entry.size} bytes); {fix}"
+    )
+
+
+def local_weights(entry: PretrainedEntry) -> Path | None:
+    """Where ``entry``'s file already is (package, then Hub cache), without any network."""
+    if entry.package_path.is_file():
+        return entry.package_path
+    if entry.hub_repo and entry.revision:
+        return hub.cached_file(entry.hub_repo, entry.file, entry.revision)
+    return None
+
+
+def fetch_weights(entry: PretrainedEntry, *, verify: bool = True) -> Path:
+    """The checked local path of ``entry``: package file, else Hub cache, else download."""
+    if entry.package_path.is_file():
+        if verify and not verify_file(entry.package_path, entry):
+            raise _checksum_error(entry, entry.package_path, "reinstall deblurcli")
+        return entry.package_path
+    if not (entry.hub_repo and entry.revision):
+        raise WeightsUnavailableError(
+            f"'{entry.name}': {entry.file} is not shipped with this install and not published "
+            "on the Hub yet; pass --model PATH to a local checkpoint"
+        )
+    path = hub.cached_file(entry.hub_repo, entry.file, entry.revision) or hub.download(
+        entry.hub_repo, entry.file, entry.revision, name=entry.name
+    )
+    if not verify or verify_file(path, entry):
+        return path
+    if hub.is_offline():
+        raise _checksum_error(
+            entry,
+            path,
+            "the cached copy is corrupt: unset HF_HUB_OFFLINE and run "
+            f"'deblur weights download {entry.name}' to fetch it again",
+        )
+    # A cache entry can be damaged on disk (interrupted copy, bit rot): fetch it again once.
+    path = hub.download(entry.hub_repo, entry.file, entry.revision, force=True, name=entry.name)
+    if not verify_file(path, entry):
+        raise _checksum_error(
+            entry,
+            path,
+            f"the file at {entry.hub_url} differs from the manifest: report it and "
+            "pass --model PATH meanwhile",
+        )
+    return path
+
+
+def _manifest_entry_for(ref: HubRef, manifest: ManifestLike) -> PretrainedEntry | None:
+    for e in as_manifest(manifest).entries:
+        if (e.hub_repo, e.file, e.revision) == (ref.repo_id, ref.filename, ref.revision):
+            return e
+    return None
+
+
+def _resolve(
+    value: str | os.PathLike[str] | None, manifest: ManifestLike, verify: bool
+) -> tuple[Path, PretrainedEntry | None, HubRef | None]:
+    if value is None:
+        value = default_model_name(manifest)
+        if value is None:
+            raise WeightsUnavailableError(
+                "no pretrained weights are available yet; pass --model PATH to a "
+                "model.safetensors written by 'deblur train'"
+            )
+    text = os.fspath(value)
+    if isinstance(value, str) and text.startswith(HF_PREFIX):
+        ref = parse_hf_uri(text)
+        entry = _manifest_entry_for(ref, manifest)
+        if entry is not None:
+            return fetch_weights(entry, verify=verify), entry, ref
+        return hub.download(ref.repo_id, ref.filename, ref.revision), None, ref
+    path = Path(text).expanduser()
     if path.is_dir():
         path = path / "model.safetensors"
     if path.exists():
-        return load_checkpoint(path)
+        return path, None, None
+    entry = find_pretrained(text, manifest) if isinstance(value, str) else None
+    if entry is not None:
+        return fetch_weights(entry, verify=verify), entry, None
+    looks_like_path = "/" in text or os.sep in text or path.suffix in _CHECKPOINT_SUFFIXES
+    if isinstance(value, str) and not looks_like_path:
+        get_pretrained(text, manifest)  # raises the "unknown name" error with the known names
     raise CheckpointError(
-        f"{name_or_path}: no such checkpoint, and no pretrained weights are available yet; "
-        "pass a model.safetensors written by 'deblur train'"
+        f"{text}: no such checkpoint file"
+        + ("" if as_manifest(manifest).entries else ", and no pretrained weights are available yet")
+        + "; pass a model.safetensors written by 'deblur train' or a pretrained model name"
     )
+
+
+def resolve_weights(
+    value: str | os.PathLike[str] | None = None,
+    *,
+    manifest: ManifestLike = None,
+    verify: bool = True,
+) -> Path:
+    """The local weights file ``value`` names (downloading it if needed)."""
+    return _resolve(value, manifest, verify)[0]
+
+
+def _sidecar_config(path: Path, ref: HubRef | None) -> dict[str, Any] | None:
+    """``config.json`` beside a checkpoint without deblurcli metadata (the Hub convention)."""
+    beside = path.with_name("config.json")
+    if not beside.is_file() and ref is not None and not hub.is_offline():
+        folder = ref.filename.rpartition("/")[0]
+        name = f"{folder}/config.json" if folder else "config.json"
+        try:
+            beside = hub.download(ref.repo_id, name, ref.revision)
+        except WeightsUnavailableError:
+            return None
+    if not beside.is_file():
+        return None
+    try:
+        data = json.loads(beside.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{beside}: not readable JSON ({exc})") from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("arch"), str)
+        or not isinstance(data.get("config", {}), dict)
+    ):
+        raise CheckpointError(f'{beside}: expected {{"arch": NAME, "config": {{...}}}}')
+    return data
+
+
+def _load(path: Path, entry: PretrainedEntry | None, ref: HubRef | None) -> nn.Module:
+    arch: str | None = None
+    config: dict[str, Any] | None = None
+    legacy = path.suffix in {".pth", ".pt"}
+    if legacy or ARCH_KEY not in read_metadata(path):
+        if entry is not None:
+            arch, config = entry.arch, entry.config
+        elif (side := _sidecar_config(path, ref)) is not None:
+            arch, config = side["arch"], dict(side.get("config") or {})
+    model = load_checkpoint(path, arch=arch, config=config)
+    if entry is not None:
+        _check_matches_entry(path, model, entry)
+    return model
+
+
+def _check_matches_entry(path: Path, model: nn.Module, entry: PretrainedEntry) -> None:
+    if model.arch_name != entry.arch:
+        raise CheckpointError(
+            f"{path}: holds a {model.arch_name} model but the manifest says '{entry.name}' is "
+            f"a {entry.arch}"
+        )
+    # encoder_weights only chooses a backbone init, which the checkpoint replaces anyway.
+    differ = sorted(
+        k
+        for k, v in entry.config.items()
+        if k != "encoder_weights" and model.arch_config.get(k) != v
+    )
+    if differ:
+        raise CheckpointError(
+            f"{path}: its config differs from the manifest's for '{entry.name}' "
+            f"({', '.join(differ)})"
+        )
+
+
+def load_model(
+    value: str | os.PathLike[str] | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    manifest: ManifestLike = None,
+    verify: bool = True,
+) -> nn.Module:
+    """Load the model ``value`` names, in eval mode on ``device``.
+
+    ``value`` is a manifest name (``arch`` or ``arch.tag``), a local checkpoint path (or run
+    folder), or ``hf://owner/repo[/file][@rev]``; None means the manifest's default model.
+    """
+    path, entry, ref = _resolve(value, manifest, verify)
+    return _load(path, entry, ref).to(device).eval()

@@ -1,0 +1,118 @@
+"""The Hugging Face Hub client: the real ``huggingface_hub`` with one-line errors.
+
+``huggingface_hub`` reads ``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE``
+once, at import. We read them again at each call so that a library caller (or a test) that
+sets them later is still obeyed, and pass them on explicitly. huggingface_hub is imported
+on first use, so commands that never touch the Hub do not pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from deblurcli.errors import WeightsUnavailableError
+
+_TRUE = {"1", "on", "yes", "true"}
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) asks for no network."""
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.strip().lower() in _TRUE
+
+
+def cache_dir() -> Path:
+    """The Hub cache in use: ``HF_HUB_CACHE``, else ``$HF_HOME/hub``, as huggingface_hub does."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME")
+    if not home:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+        home = os.path.join(xdg, "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _endpoint() -> str | None:
+    value = os.environ.get("HF_ENDPOINT")
+    return value.rstrip("/") if value else None
+
+
+def cached_file(
+    repo_id: str, filename: str, revision: str, *, cache: Path | None = None
+) -> Path | None:
+    """The file's path in the Hub cache, or None; never touches the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(
+        repo_id, filename, cache_dir=str(cache or cache_dir()), revision=revision
+    )
+    return Path(found) if isinstance(found, str) else None
+
+
+def _what(repo_id: str, filename: str, revision: str) -> str:
+    return f"'{filename}' from hf://{repo_id}@{revision[:12]}"
+
+
+def download(
+    repo_id: str,
+    filename: str,
+    revision: str,
+    *,
+    cache: Path | None = None,
+    force: bool = False,
+    name: str | None = None,
+) -> Path:
+    """Fetch one file into the Hub cache (a no-op when cached) and return its path.
+
+    ``name`` (the manifest name) only makes the "not available offline" hint precise.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:  # huggingface_hub 1.x+ speaks HTTP through httpx2; older ones used requests (OSError)
+        from httpx2 import HTTPError as transport_error
+    except ImportError:  # pragma: no cover
+        transport_error = OSError
+
+    cache = cache or cache_dir()
+    what = _what(repo_id, filename, revision)
+    offline = is_offline()
+    try:
+        path = hf_hub_download(
+            repo_id,
+            filename,
+            revision=revision,
+            cache_dir=str(cache),
+            endpoint=_endpoint(),
+            local_files_only=offline,
+            force_download=force and not offline,
+        )
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
+        fetch = name or f"hf://{repo_id}/{filename}@{revision}"
+        raise WeightsUnavailableError(
+            f"{what} is not in the Hugging Face cache ({cache}) and {why}; run 'deblur weights "
+            f"download {fetch}' where the Hub is reachable and copy that cache (HF_HOME) here, "
+            "or pass --model PATH to a local checkpoint"
+        ) from None
+    except GatedRepoError:
+        raise WeightsUnavailableError(f"{what}: the repository is gated; log in first") from None
+    except RepositoryNotFoundError:
+        raise WeightsUnavailableError(f"{what}: no such Hub repository (or private)") from None
+    except RevisionNotFoundError:
+        raise WeightsUnavailableError(f"{what}: no such revision in the repository") from None
+    except EntryNotFoundError:
+        raise WeightsUnavailableError(f"{what}: no such file in the repository") from None
+    except (HfHubHTTPError, transport_error, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsUnavailableError(f"{what}: download failed ({first})") from None
+    return Path(path)
