@@ -241,3 +241,30 @@ def test_two_folders_grayscale_and_limit(tmp_path: Path) -> None:
     # no 'deblur blur' layout, so no kernels: the non-blind row says so and changes nothing
     assert rows["wiener"]["note"].startswith("true kernel known for 0 of 2")
     assert rows["wiener"]["psnr"] == rows["blurry"]["psnr"]
+
+
+def test_model_all_scores_every_available_pretrained_model(
+    dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from tests._weights_helpers import entry_for, tiny_checkpoint, write_manifest
+
+    _, a = tiny_checkpoint(tmp_path / "pretrained" / "a.safetensors", arch="simplecnn")
+    _, b = tiny_checkpoint(tmp_path / "pretrained" / "b.safetensors", arch="skipae")
+    entries = [
+        entry_for("simplecnn.tiny", a, "a.safetensors", shipped=True),
+        entry_for("skipae.tiny", b, "b.safetensors", shipped=True),
+        entry_for("edgenet.later", b"x" * 10, "c.safetensors"),  # neither shipped nor published
+    ]
+    monkeypatch.setenv("DEBLURCLI_MANIFEST", str(write_manifest(tmp_path / "m.toml", entries)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, summary, stderr = run_json("-m", "all", "-m", "identity", "--data", str(dataset))
+    assert code == 0
+    keys = [r["key"] for r in summary["rows"]]
+    assert keys == ["blurry", "simplecnn.tiny", "skipae.tiny", "identity"]
+    assert "edgenet.later" in stderr  # skipped with a warning, not fatal for 'all'
+    assert all(r["params"] > 0 for r in summary["rows"] if r["kind"] == "model")
+
+    monkeypatch.setenv("DEBLURCLI_MANIFEST", str(write_manifest(tmp_path / "e.toml", [])))
+    result = runner.invoke(app, ["eval", "-m", "all", "--data", str(dataset)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "no pretrained weights" in result.stderr

@@ -163,6 +163,8 @@ def evaluate(
         print_table(result)
         if report is not None:
             console.print(f"report written to {report}")
+    for line in result.notes:
+        err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
     for line in result.problems:
         err_console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
     if result.problems:

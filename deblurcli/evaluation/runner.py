@@ -26,7 +26,7 @@ from torch import nn
 
 from deblurcli.archs import count_parameters
 from deblurcli.data.pairs import Pair, PairScan, find_pairs
-from deblurcli.errors import DeblurError, UsageError
+from deblurcli.errors import DeblurError, UsageError, WeightsUnavailableError
 from deblurcli.evaluation.baselines import (
     BASELINES,
     TUNE_IMAGES,
@@ -37,6 +37,7 @@ from deblurcli.evaluation.baselines import (
 from deblurcli.imageio import read_image, to_tensor_layout
 from deblurcli.metrics import psnr, ssim
 from deblurcli.metrics.ssim import window_size
+from deblurcli.weights import default_model_name, list_pretrained, load_model
 
 log = logging.getLogger(__name__)
 INPUT_KEY = "blurry"
@@ -109,6 +110,7 @@ class EvalResult:
     problems: list[str]
     settings: dict[str, Any]
     samples: list[SampleImages] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings that do not fail the run
 
     @property
     def ok(self) -> bool:
@@ -121,6 +123,7 @@ class EvalResult:
                 "settings": self.settings,
                 "rows": [asdict(r) for r in self.rows],
                 "problems": self.problems,
+                "notes": self.notes,
                 "images_scored": len({s.image for s in self.images}),
             }
         )
@@ -167,26 +170,9 @@ def _pick_device(value: str | None) -> torch.device:
     return torch.device(value)
 
 
-def _pretrained_names() -> list[str]:
-    try:
-        from deblurcli.weights import list_pretrained
-    except ImportError:
-        return []
-    return [getattr(e, "name", str(e)) for e in list_pretrained()]
-
-
-def _load_model(value: str | None) -> nn.Module:
-    """``load_model`` of the weights package; ``None`` means the default pretrained model."""
-    from deblurcli.weights.resolve import load_model
-
-    if value is None and "value" not in inspect.signature(load_model).parameters:
-        raise UsageError("no --model given and no pretrained weights are available yet")
-    return load_model(value)
-
-
 def _model_label(value: str | nn.Module | None) -> str:
     if value is None:
-        return "default"
+        return default_model_name() or "default"
     if isinstance(value, nn.Module):
         return str(getattr(value, "arch_name", type(value).__name__))
     path = Path(value)
@@ -239,24 +225,27 @@ def _baseline_candidate(name: str, key: str) -> Candidate:
 
 
 def resolve_candidates(
-    models: Sequence[str | nn.Module | None], options: EvalOptions, device: torch.device
+    models: Sequence[str | nn.Module | None],
+    options: EvalOptions,
+    device: torch.device,
+    notes: list[str] | None = None,
 ) -> list[Candidate]:
     """Turn ``--model`` values into rows: ``all``, baseline names, manifest names, paths."""
-    values: list[str | nn.Module | None] = []
+    values: list[tuple[str | nn.Module | None, bool]] = []  # (value, came from "all")
     for value in models:
         if isinstance(value, str) and value == "all":
-            names = _pretrained_names()
+            names = [entry.name for entry in list_pretrained()]
             if not names:
-                raise UsageError(
+                raise WeightsUnavailableError(
                     "--model all: no pretrained weights are available yet; "
                     "pass --model PATH to a checkpoint from 'deblur train'"
                 )
-            values += names
+            values += [(name, True) for name in names]
         else:
-            values.append(value)
+            values.append((value, False))
     candidates: list[Candidate] = []
     seen: dict[str, int] = {}
-    for value in values:
+    for value, from_all in values:
         label = _model_label(value)
         seen[label] = seen.get(label, 0) + 1
         key = label if seen[label] == 1 else f"{label}#{seen[label]}"
@@ -265,7 +254,17 @@ def resolve_candidates(
         elif value in BASELINES and not Path(value).exists():
             candidates.append(_baseline_candidate(value, key))
         else:
-            candidates.append(_model_candidate(_load_model(value), key, label, options, device))
+            try:
+                model = load_model(value)
+            except WeightsUnavailableError as exc:
+                if not from_all:
+                    raise
+                if notes is not None:
+                    notes.append(f"--model all: skipped {exc}")
+                continue
+            candidates.append(_model_candidate(model, key, label, options, device))
+    if not candidates:
+        raise WeightsUnavailableError("--model all: none of the pretrained models is available")
     return candidates
 
 
@@ -396,7 +395,8 @@ def evaluate(
     scan: PairScan = find_pairs(data, sharp=sharp, blurred=blurred)
     pairs = scan.pairs[: options.limit] if options.limit else scan.pairs
     device = _pick_device(options.device)
-    candidates = resolve_candidates(models, options, device)
+    notes: list[str] = []
+    candidates = resolve_candidates(models, options, device, notes)
     families = read_families(scan.dataset_root)
     needs_kernel = any(c.non_blind for c in candidates)
     kernels = _kernel_loader(scan.dataset_root if needs_kernel else None)
@@ -456,10 +456,12 @@ def evaluate(
         "metrics": "PSNR (dB) and SSIM (Gaussian window, sigma 1.5, data range 1), float64",
     }
     rows = summarize(images, candidates)
-    for row in rows:
-        if row.non_blind and row.images and row.note.startswith("true kernel known for 0 "):
-            log.warning("%s: no blur kernels in this dataset; it returned the input", row.key)
-    return EvalResult(rows, images, problems, settings, samples)
+    notes += [
+        f"{row.key}: no true blur kernels in this dataset, so it returned the input"
+        for row in rows
+        if row.non_blind and row.images and row.note.startswith("true kernel known for 0 ")
+    ]
+    return EvalResult(rows, images, problems, settings, samples, notes)
 
 
 def _means(scores: list[ImageScore]) -> dict[str, float]:
