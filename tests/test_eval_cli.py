@@ -198,6 +198,15 @@ def test_unknown_model_and_missing_data_are_one_line_errors(dataset: Path, tmp_p
     assert result.exit_code == 2 and "--benchmark" in result.stderr
 
 
+def test_no_model_means_the_default_pretrained_one(dataset: Path, tmp_path: Path, monkeypatch):
+    from tests._weights_helpers import write_manifest
+
+    monkeypatch.setenv("DEBLURCLI_MANIFEST", str(write_manifest(tmp_path / "e.toml", [])))
+    result = runner.invoke(app, ["eval", "--data", str(dataset)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "--model" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_benchmark_is_built_once_from_a_photo_folder(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("deblurcli.degradations")  # degrade lands with issue 3
     photos = tmp_path / "photos"
