@@ -51,3 +51,7 @@ class WeightsUnavailableError(CheckpointError):
 
 class ChecksumError(CheckpointError):
     """A weights file whose sha256 does not match the manifest."""
+
+
+class PhotoPoolError(DeblurError):
+    """The training photo pool cannot be fetched or prepared, or is not there yet."""

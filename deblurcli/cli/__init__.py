@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from deblurcli.cli import blur, evaluate, models, restore, train, weights
+from deblurcli.cli import blur, data, evaluate, models, restore, train, weights
 from deblurcli.cli._common import PENDING_CONTEXT
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app.command("eval")(evaluate.evaluate)
 app.command("restore", context_settings=PENDING_CONTEXT)(restore.restore)
 app.command("models")(models.models)
 app.add_typer(weights.app, name="weights")
+app.add_typer(data.app, name="data")
 
 
 def main() -> None:
