@@ -8,6 +8,7 @@ Python API (the CLI is a thin layer over it)::
 
 from deblurcli.archs import create as create_model
 from deblurcli.archs import get_spec, list_archs
+from deblurcli.degradations import degrade, synthesize_dataset
 from deblurcli.errors import DeblurError
 from deblurcli.imageio import read_image, write_image
 from deblurcli.weights import load_checkpoint, save_checkpoint
@@ -17,11 +18,13 @@ __version__ = "0.1.0"
 __all__ = [
     "DeblurError",
     "create_model",
+    "degrade",
     "get_spec",
     "list_archs",
     "load_checkpoint",
     "load_model",
     "read_image",
     "save_checkpoint",
+    "synthesize_dataset",
     "write_image",
 ]

@@ -190,12 +190,17 @@ def output_format(path: Path, fmt: str | None = None) -> str:
         raise ImageReadError(f"{path}: unknown output image type {path.suffix!r}") from None
 
 
-def encode_image(image: ImageData, fmt: str, jpeg_quality: int = 95) -> bytes:
-    """Encode ``image`` in ``fmt`` keeping depth, alpha, ICC and EXIF where the format can."""
+def encode_image(
+    image: ImageData, fmt: str, jpeg_quality: int = 95, png_compress_level: int | None = None
+) -> bytes:
+    """Encode ``image`` in ``fmt`` keeping depth, alpha, ICC and EXIF where the format can.
+
+    ``png_compress_level`` (0–9) trades PNG size for speed; None keeps the encoder default.
+    """
     sixteen = image.bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS
     alpha = image.alpha if fmt in _ALPHA_FORMATS else None
     if sixteen and not image.is_gray:
-        return _encode_16bit_color(image.pixels, alpha, fmt)
+        return _encode_16bit_color(image.pixels, alpha, fmt, png_compress_level)
     im = _to_pillow(image.pixels, alpha, sixteen)
     params: dict[str, object] = {}
     if image.icc_profile:
@@ -208,6 +213,8 @@ def encode_image(image: ImageData, fmt: str, jpeg_quality: int = 95) -> bytes:
         params.update(quality=jpeg_quality)
     elif fmt == "TIFF":
         params.update(compression="tiff_deflate")
+    elif fmt == "PNG" and png_compress_level is not None:
+        params.update(compress_level=png_compress_level)
     buf = io.BytesIO()
     im.save(buf, format=fmt, **params)
     return buf.getvalue()
@@ -229,11 +236,15 @@ def _to_pillow(pixels: np.ndarray, alpha: np.ndarray | None, sixteen: bool) -> I
     return Image.fromarray(q)  # mode follows the channel count: LA, RGB, RGBA
 
 
-def _encode_16bit_color(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str) -> bytes:
+def _encode_16bit_color(
+    pixels: np.ndarray, alpha: np.ndarray | None, fmt: str, png_level: int | None = None
+) -> bytes:
     bgr = _quantize(pixels[..., ::-1], True)
     if alpha is not None:
         bgr = np.concatenate([bgr, _quantize(alpha[..., None], True)], axis=2)
-    ok, buf = cv2.imencode(".png" if fmt == "PNG" else ".tiff", np.ascontiguousarray(bgr))
+    params = [] if fmt != "PNG" or png_level is None else [cv2.IMWRITE_PNG_COMPRESSION, png_level]
+    ext = ".png" if fmt == "PNG" else ".tiff"
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(bgr), params)
     if not ok:
         raise OSError(f"OpenCV could not encode a 16-bit {fmt}")
     return buf.tobytes()
@@ -245,10 +256,11 @@ def write_image(
     *,
     fmt: str | None = None,
     jpeg_quality: int = 95,
+    png_compress_level: int | None = None,
 ) -> Path:
     """Encode and atomically write ``image`` to ``path`` (format from ``fmt`` or the suffix)."""
     path = Path(path)
-    data = encode_image(image, output_format(path, fmt), jpeg_quality)
+    data = encode_image(image, output_format(path, fmt), jpeg_quality, png_compress_level)
     atomic_write_bytes(path, data)
     return path
 

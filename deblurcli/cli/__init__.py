@@ -16,7 +16,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command("blur", context_settings=PENDING_CONTEXT)(blur.blur)
+app.command("blur")(blur.blur)
 app.command("train", context_settings=PENDING_CONTEXT)(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command("restore", context_settings=PENDING_CONTEXT)(restore.restore)

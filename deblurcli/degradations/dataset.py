@@ -1,0 +1,460 @@
+"""Synthesize a paired dataset from a folder of sharp photos (what ``deblur blur`` runs).
+
+Layout under ``out``: ``sharp/<rel>``, ``blurred/<rel>``, ``kernels/<rel>.npy`` (float32, absent
+for noise only) and ``manifest.jsonl`` (one JSON record per image, sorted by path).
+
+Reproducibility: each image draws from ``np.random.default_rng(image_seed(seed, rel))`` and is
+processed on its own, so the bytes written do not depend on ``workers``, order, ``shard`` or
+``limit``. Resume: an image whose record is in the manifest and whose files exist is skipped.
+Every file is written atomically (temporary sibling + rename), the blurred image last.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from deblurcli.degradations.degrade import KINDS, DegradeOptions, degrade, image_seed
+from deblurcli.errors import DeblurError, UsageError
+from deblurcli.imageio import (
+    ImageData,
+    atomic_path,
+    atomic_write_bytes,
+    encode_image,
+    find_images,
+    is_partial_file,
+    output_format,
+    read_image,
+)
+
+MANIFEST = "manifest.jsonl"
+# PNG zlib level for written images. Level 1 encodes several times faster than Pillow's
+# default 6 for files a little larger; it is fixed because the level changes the bytes.
+PNG_COMPRESS_LEVEL = 1
+_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Optional resize (W, H) or centre crop (N×N) applied to both images of a pair."""
+
+    resize: tuple[int, int] | None = None
+    crop: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.resize is not None and self.crop is not None:
+            raise UsageError("use either --resize or --crop, not both")
+        if self.resize is not None and min(self.resize) < 1:
+            raise UsageError("--resize needs a positive WxH")
+        if self.crop is not None and self.crop < 1:
+            raise UsageError("--crop needs a positive size")
+
+    @property
+    def identity(self) -> bool:
+        return self.resize is None and self.crop is None
+
+
+@dataclass(frozen=True)
+class BlurEvent:
+    """Progress of one image: status is "written", "skipped" or "failed"."""
+
+    rel: str
+    status: str
+    done: int
+    total: int
+    message: str = ""
+
+
+@dataclass
+class BlurSummary:
+    """What a run did."""
+
+    out: Path
+    manifest: Path
+    total: int = 0
+    written: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "manifest": str(self.manifest),
+            "total": self.total,
+            "written": self.written,
+            "skipped": self.skipped,
+            "failed": [{"path": p, "error": e} for p, e in self.failed],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class _Job:
+    source: Path
+    rel: str
+    out: Path
+    kind: str
+    seed: int
+    options: DegradeOptions
+    geometry: Geometry
+    settings: str
+
+
+def load_kernel(dataset_root: Path, rel_path: str) -> np.ndarray | None:
+    """The float32 kernel of pair ``rel_path`` in a ``deblur blur`` dataset, or None."""
+    path = Path(dataset_root) / "kernels" / f"{rel_path}.npy"
+    if not path.is_file():
+        return None
+    return np.load(path, allow_pickle=False).astype(np.float32, copy=False)
+
+
+def settings_digest(kind: str, seed: int, options: DegradeOptions, geometry: Geometry) -> str:
+    """Short hash of everything that decides the output bytes (kept in every record)."""
+    payload = {
+        "kind": kind,
+        "seed": int(seed),
+        "options": options.to_dict(),
+        "resize": geometry.resize,
+        "crop": geometry.crop,
+        "png_compress_level": PNG_COMPRESS_LEVEL,
+    }
+    text = json.dumps(payload, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def synthesize_dataset(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    kind: str = "mix",
+    *,
+    seed: int = 0,
+    options: DegradeOptions | None = None,
+    geometry: Geometry | None = None,
+    workers: int | None = None,
+    shard: tuple[int, int] | None = None,
+    limit: int | None = None,
+    overwrite: bool = False,
+    progress: Callable[[BlurEvent], None] | None = None,
+) -> BlurSummary:
+    """Blur every image under ``source`` (recursively) into the paired layout under ``out``.
+
+    ``shard=(i, n)`` (0 <= i < n) takes every n-th image of the sorted list starting at i;
+    ``limit`` keeps the first N of those. ``workers`` defaults to all cores. Bad files are
+    reported in ``summary.failed`` and the rest carries on; ``progress`` gets one event per
+    image. Raises :class:`UsageError` for unusable arguments.
+    """
+    started = time.perf_counter()
+    if kind not in KINDS:
+        raise UsageError(f"unknown --kind {kind!r}; choose from {', '.join(KINDS)}")
+    options = options or DegradeOptions()
+    geometry = geometry or Geometry()
+    src, out = Path(source), Path(out)
+    manifest_path = out / _manifest_name(shard)
+    found = _scan(src, out)
+    rels = _select(found, shard, limit)
+    settings = settings_digest(kind, seed, options, geometry)
+    known = _read_records(out)
+    _check_settings(known, rels, settings, overwrite)
+
+    summary = BlurSummary(out=out, manifest=manifest_path, total=len(rels))
+    jobs: list[_Job] = []
+    for rel in rels:
+        if not overwrite and _is_done(out, rel, known.get(rel)):
+            summary.skipped += 1
+            _emit(progress, summary, rel, "skipped")
+        else:
+            jobs.append(_Job(src / rel, rel, out, kind, seed, options, geometry, settings))
+
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(out, {job.rel for job in jobs})
+    with open(manifest_path, "a", encoding="utf-8") as log:
+        for rel, record, error in _run(jobs, workers):
+            if error is None:
+                known[rel] = record
+                log.write(json.dumps(record, sort_keys=True) + "\n")
+                log.flush()
+                summary.written += 1
+                _emit(progress, summary, rel, "written")
+            else:
+                summary.failed.append((rel, error))
+                _emit(progress, summary, rel, "failed", error)
+    if shard is not None:  # a shard's manifest holds that shard's images only
+        mine = set(_select(found, shard, None))
+        known = {k: v for k, v in known.items() if k in mine}
+    _write_manifest(manifest_path, known)
+    summary.failed.sort()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _emit(
+    progress: Callable[[BlurEvent], None] | None,
+    s: BlurSummary,
+    rel: str,
+    status: str,
+    message: str = "",
+) -> None:
+    if progress is not None:
+        done = s.written + s.skipped + len(s.failed)
+        progress(BlurEvent(rel=rel, status=status, done=done, total=s.total, message=message))
+
+
+def _manifest_name(shard: tuple[int, int] | None) -> str:
+    return MANIFEST if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.jsonl"
+
+
+def _scan(src: Path, out: Path) -> list[str]:
+    if not src.exists():
+        raise UsageError(f"{src}: no such file or folder")
+    if src.is_file():
+        raise UsageError(f"{src}: expected a folder of images")
+    out_resolved = out.resolve()
+    rels = []
+    for path in find_images(src):
+        resolved = path.resolve()
+        if resolved == out_resolved or out_resolved in resolved.parents:
+            continue  # OUT inside SRC: never feed our own results back in
+        rels.append(path.relative_to(src).as_posix())
+    if not rels:
+        raise UsageError(f"{src}: no images found (looked for JPEG, PNG, WebP, TIFF, BMP)")
+    return sorted(rels)
+
+
+def _select(rels: list[str], shard: tuple[int, int] | None, limit: int | None) -> list[str]:
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise UsageError(f"--shard {index}/{count}: need 0 <= i < n")
+        rels = rels[index::count]
+    if limit is not None:
+        if limit < 0:
+            raise UsageError("--limit must be >= 0")
+        rels = rels[:limit]
+    return rels
+
+
+def _read_records(out: Path) -> dict[str, dict[str, Any]]:
+    """Records from every manifest in ``out`` (a killed run may leave a truncated last line)."""
+    records: dict[str, dict[str, Any]] = {}
+    if not out.is_dir():
+        return records
+    for path in sorted(out.glob("manifest*.jsonl")):
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("path"), str):
+                records[record["path"]] = record
+    return records
+
+
+def _check_settings(
+    known: dict[str, dict[str, Any]], rels: list[str], settings: str, overwrite: bool
+) -> None:
+    if overwrite:
+        return
+    for rel in rels:
+        record = known.get(rel)
+        if record is not None and record.get("settings") != settings:
+            raise UsageError(
+                f"{rel} in the output folder was made with other settings (kind/seed/ranges/"
+                "size); pass --overwrite to redo it or choose another output folder"
+            )
+
+
+def _is_done(out: Path, rel: str, record: dict[str, Any] | None) -> bool:
+    if record is None:
+        return False
+    files = [out / "sharp" / rel, out / "blurred" / rel]
+    if record.get("kernel"):
+        files.append(out / record["kernel"])
+    return all(_non_empty(f) for f in files)
+
+
+def _non_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0  # a power cut can leave renamed but empty files
+    except OSError:
+        return False
+
+
+def _remove_stale_parts(out: Path, rels: set[str]) -> None:
+    """Delete temporary files a killed run left for the images about to be redone.
+
+    Only those images' leftovers: another shard may be writing into the same folder.
+    """
+    if not rels:
+        return
+    for sub in ("sharp", "blurred", "kernels"):
+        base = out / sub
+        for root, _dirs, files in os.walk(base):
+            for name in files:
+                path = Path(root) / name
+                if not is_partial_file(path):
+                    continue
+                # atomic_path names them ".<target name>.<random>.part"
+                target = path.with_name(name[1:-5].rsplit(".", 1)[0])
+                rel = target.relative_to(base).as_posix()
+                if sub == "kernels":
+                    rel = rel.removesuffix(".npy")
+                if rel in rels:
+                    path.unlink(missing_ok=True)
+
+
+def _write_manifest(path: Path, known: dict[str, dict[str, Any]]) -> None:
+    """Rewrite the manifest sorted by path, so it does not depend on completion order."""
+    text = "".join(json.dumps(known[k], sort_keys=True) + "\n" for k in sorted(known))
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _run(jobs: list[_Job], workers: int | None) -> Iterator[tuple[str, dict | None, str | None]]:
+    """Yield (rel, record, error) per job, in completion order."""
+    if not jobs:
+        return
+    workers = min(_default_workers() if workers is None else max(1, workers), len(jobs))
+    if workers == 1:
+        previous = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            for job in jobs:
+                yield _process_safely(job)
+        finally:
+            cv2.setNumThreads(previous)
+        return
+    # fork: the workers inherit the imported modules instead of re-importing torch & co.
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        pending: set[cf.Future] = set()
+        queue = iter(jobs)
+        try:
+            for job in queue:
+                pending.add(pool.submit(_process_safely, job))
+                if len(pending) >= 4 * workers:
+                    done, pending = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                    yield from (f.result() for f in done)
+            for future in cf.as_completed(pending):
+                yield future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def _default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
+
+
+def _process_safely(job: _Job) -> tuple[str, dict | None, str | None]:
+    try:
+        return job.rel, process_image(job), None
+    except DeblurError as exc:
+        return job.rel, None, str(exc)
+    except MemoryError:
+        return job.rel, None, f"{job.source}: out of memory (try --resize or --crop)"
+    except (OSError, ValueError, cv2.error) as exc:
+        return job.rel, None, f"{job.source}: {exc}"
+
+
+def process_image(job: _Job) -> dict[str, Any]:
+    """Read, (resize/crop), degrade and write one pair; returns its manifest record."""
+    data = read_image(job.source)
+    size_in = [int(data.pixels.shape[1]), int(data.pixels.shape[0])]
+    data = _apply_geometry(data, job.geometry, job.source)
+    rng = np.random.default_rng(image_seed(job.seed, job.rel))
+    result = degrade(data.pixels, job.kind, rng, job.options)
+
+    sharp, blurred = job.out / "sharp" / job.rel, job.out / "blurred" / job.rel
+    kernel_rel = None
+    if result.kernel is not None:
+        kernel_rel = f"kernels/{job.rel}.npy"
+        with atomic_path(job.out / kernel_rel) as tmp, open(tmp, "wb") as f:
+            np.save(f, result.kernel.astype(np.float32), allow_pickle=False)
+    if job.geometry.identity and _orientation(job.source) == 1:
+        # Nothing to change: the source bytes are the exact sharp image (no re-encode loss).
+        with atomic_path(sharp) as tmp:
+            shutil.copyfile(job.source, tmp)
+    else:
+        _write(sharp, data)
+    _write(blurred, data.with_pixels(result.image))
+
+    h, w = data.pixels.shape[:2]
+    return {
+        "path": job.rel,
+        "seed": image_seed(job.seed, job.rel),
+        "run_seed": int(job.seed),
+        "kernel": kernel_rel,
+        "sharp": f"sharp/{job.rel}",
+        "blurred": f"blurred/{job.rel}",
+        "source_size": size_in,
+        "size": [int(w), int(h)],
+        "channels": int(data.pixels.shape[2]),
+        "alpha": data.alpha is not None,
+        "bit_depth": data.bit_depth,
+        "settings": job.settings,
+        **result.record,
+    }
+
+
+def _write(path: Path, image: ImageData) -> None:
+    """Encode and rename into place. No fsync per file: it cost more than the encoding on
+    the disks measured, and renaming already keeps a killed run from leaving a torn file."""
+    data = encode_image(image, output_format(path), png_compress_level=PNG_COMPRESS_LEVEL)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _orientation(path: Path) -> int:
+    try:
+        with Image.open(path) as im:
+            return int(im.getexif().get(_ORIENTATION_TAG, 1) or 1)
+    except (OSError, ValueError):
+        return 1
+
+
+def _apply_geometry(data: ImageData, geometry: Geometry, source: Path) -> ImageData:
+    pixels, alpha = data.pixels, data.alpha
+    if geometry.resize is not None:
+        w, h = geometry.resize
+        shrink = w * h < pixels.shape[0] * pixels.shape[1]
+        interp = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+        pixels = cv2.resize(pixels, (w, h), interpolation=interp).reshape(h, w, -1)
+        pixels = np.clip(pixels, 0.0, 1.0)
+        if alpha is not None:
+            alpha = np.clip(cv2.resize(alpha, (w, h), interpolation=interp), 0.0, 1.0)
+    elif geometry.crop is not None:
+        n = geometry.crop
+        h, w = pixels.shape[:2]
+        if n > min(h, w):
+            raise DeblurError(f"{source}: {w}x{h} is smaller than --crop {n}")
+        top, left = (h - n) // 2, (w - n) // 2
+        pixels = pixels[top : top + n, left : left + n]
+        alpha = None if alpha is None else alpha[top : top + n, left : left + n]
+    else:
+        return data
+    return replace(data, pixels=np.ascontiguousarray(pixels), alpha=alpha)

@@ -1,0 +1,192 @@
+"""One degradation per image: blur kernel, then optional noise, then optional JPEG.
+
+Kinds (``KINDS``):
+
+* ``gaussian``: Gaussian blur, isotropic or (with ``gaussian_anisotropic_prob``) anisotropic
+  and rotated; σ drawn from ``gaussian_sigma`` (σ = r of PIL's ``GaussianBlur(radius=r)``).
+* ``motion``: camera shake along a random Boracchi & Foi trajectory of ``motion_length`` px,
+  or (with ``linear_motion_prob``) uniform straight-line motion of ``linear_length`` px.
+* ``defocus``: a uniform disk of radius ``defocus_radius`` px.
+* ``noise``: Gaussian or Poisson noise only, no blur.
+* ``mix``: per image, motion trajectory 40 %, Gaussian 30 %, defocus 15 %, linear motion
+  15 % (``mix_weights``); then noise with probability ``mix_noise_prob`` (30 %) and JPEG with
+  probability ``mix_jpeg_prob`` (20 %, quality from ``jpeg_quality`` or 60–95). Seed 000's
+  half-motion/half-Gaussian CelebA is ``mix_weights={"motion": 0.5, "gaussian": 0.5}``.
+
+Noise (``noise_prob``) and JPEG (``jpeg_quality``) can be added on top of any blur kind.
+Every value drawn is kept in ``Degradation.record`` (JSON-able).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deblurcli.degradations import kernels as K
+from deblurcli.degradations.noise import NOISE_TYPES, add_noise, jpeg_compress, poisson_peak
+
+KINDS = ("gaussian", "motion", "defocus", "noise", "mix")
+BLURS = ("motion", "gaussian", "defocus", "linear_motion")
+MIX_JPEG_QUALITY = (60, 95)
+
+
+def _default_mix() -> dict[str, float]:
+    return {"motion": 0.40, "gaussian": 0.30, "defocus": 0.15, "linear_motion": 0.15}
+
+
+@dataclass
+class DegradeOptions:
+    """Ranges the per-image parameters are drawn from (uniformly, both ends included).
+
+    Lengths, radii and σ in pixels; ``noise_sigma`` in [0, 1] image units (for Poisson noise
+    it is the standard deviation at mid grey); JPEG quality 1–95.
+    """
+
+    gaussian_sigma: tuple[float, float] = (0.5, 3.0)
+    gaussian_anisotropic_prob: float = 0.5
+    motion_length: tuple[float, float] = (5.0, 25.0)
+    motion_anxiety: tuple[float, float] = K.ANXIETY
+    linear_motion_prob: float = 0.15
+    linear_length: tuple[float, float] = (3.0, 21.0)
+    defocus_radius: tuple[float, float] = (1.0, 5.0)
+    noise_sigma: tuple[float, float] = (0.01, 0.05)
+    noise_types: tuple[str, ...] = NOISE_TYPES
+    noise_prob: float = 0.0
+    jpeg_quality: tuple[int, int] | None = None
+    mix_weights: dict[str, float] = field(default_factory=_default_mix)
+    mix_noise_prob: float = 0.3
+    mix_jpeg_prob: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("gaussian_sigma", "motion_length", "linear_length", "defocus_radius"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be a range 0 < low <= high, got {lo}..{hi}")
+        lo, hi = self.motion_anxiety
+        if not 0 <= lo <= hi:
+            raise ValueError("motion_anxiety must be a range 0 <= low <= high")
+        lo, hi = self.noise_sigma
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"noise sigma must be a range in (0, 1], got {lo}..{hi}")
+        if self.jpeg_quality is not None:
+            lo, hi = self.jpeg_quality
+            if not 1 <= lo <= hi <= 100:
+                raise ValueError(f"JPEG quality must be a range in 1..100, got {lo}..{hi}")
+        if not self.noise_types or set(self.noise_types) - set(NOISE_TYPES):
+            raise ValueError(f"noise types must be among {', '.join(NOISE_TYPES)}")
+        unknown = set(self.mix_weights) - set(BLURS)
+        if unknown or not self.mix_weights or min(self.mix_weights.values()) < 0:
+            raise ValueError(f"mix weights must be non-negative, for blurs among {BLURS}")
+        if sum(self.mix_weights.values()) <= 0:
+            raise ValueError("mix weights must not all be zero")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Degradation:
+    """A degraded image, the kernel used (None for noise only) and every parameter."""
+
+    image: np.ndarray
+    kernel: np.ndarray | None
+    record: dict[str, Any]
+
+
+def image_seed(seed: int, rel_path: str) -> int:
+    """A per-image seed from the run seed and the image's relative path (stable anywhere)."""
+    digest = hashlib.sha256(f"{int(seed)}\0{rel_path}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: fits a signed int64 / JSON
+
+
+def degrade(
+    image: np.ndarray,
+    kind: str,
+    rng: np.random.Generator,
+    options: DegradeOptions | None = None,
+) -> Degradation:
+    """Degrade an H×W(×C) float32 image in [0, 1] by ``kind`` with parameters drawn from ``rng``."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown degradation {kind!r}; expected one of {', '.join(KINDS)}")
+    opts = options or DegradeOptions()
+    image = np.asarray(image, np.float32)
+    record: dict[str, Any] = {"kind": kind, "blur": None, "blur_params": None}
+    kernel = None
+    noise_prob, jpeg_prob, jpeg_range = opts.noise_prob, 1.0, opts.jpeg_quality
+    if kind == "noise":
+        noise_prob = 1.0
+    else:
+        blur = _pick_blur(kind, rng, opts)
+        kernel, params = _sample_kernel(blur, rng, opts)
+        record.update(blur=blur, blur_params=params)
+        image = np.clip(K.convolve(image, kernel), 0.0, 1.0)
+    record["kernel_size"] = None if kernel is None else list(kernel.shape)
+    if kind == "mix":
+        noise_prob, jpeg_prob = opts.mix_noise_prob, opts.mix_jpeg_prob
+        jpeg_range = opts.jpeg_quality or MIX_JPEG_QUALITY
+    record["noise"] = None
+    if noise_prob > 0 and rng.uniform() < noise_prob:
+        noise_type = str(rng.choice(list(opts.noise_types)))
+        sigma = float(rng.uniform(*opts.noise_sigma))
+        image = add_noise(image, noise_type, sigma, rng)
+        record["noise"] = {"type": noise_type, "sigma": sigma}
+        if noise_type == "poisson":
+            record["noise"]["peak"] = poisson_peak(sigma)
+    record["jpeg_quality"] = None
+    if jpeg_range is not None and rng.uniform() < jpeg_prob:
+        quality = int(rng.integers(jpeg_range[0], jpeg_range[1] + 1))
+        image = jpeg_compress(image, quality)
+        record["jpeg_quality"] = quality
+    return Degradation(image=image.astype(np.float32), kernel=kernel, record=record)
+
+
+def _pick_blur(kind: str, rng: np.random.Generator, opts: DegradeOptions) -> str:
+    if kind == "mix":
+        names = list(opts.mix_weights)
+        weights = np.asarray([opts.mix_weights[n] for n in names], np.float64)
+        return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    if kind == "motion":
+        return "linear_motion" if rng.uniform() < opts.linear_motion_prob else "motion"
+    return kind
+
+
+def _sample_kernel(
+    blur: str, rng: np.random.Generator, opts: DegradeOptions
+) -> tuple[np.ndarray, dict[str, Any]]:
+    if blur == "gaussian":
+        sx = float(rng.uniform(*opts.gaussian_sigma))
+        if rng.uniform() < opts.gaussian_anisotropic_prob:
+            sy, angle = float(rng.uniform(*opts.gaussian_sigma)), float(rng.uniform(0, 180))
+        else:
+            sy, angle = sx, 0.0
+        params = {"sigma_x": sx, "sigma_y": sy, "angle": angle, "anisotropic": sx != sy}
+        return K.gaussian_kernel(sx, sy, angle), params
+    if blur == "motion":
+        length = float(rng.uniform(*opts.motion_length))
+        anxiety = float(rng.uniform(*opts.motion_anxiety))
+        trajectory = K.random_trajectory(rng, length, anxiety)
+        return K.trajectory_kernel(trajectory), dict(trajectory.params)
+    if blur == "linear_motion":
+        length, angle = float(rng.uniform(*opts.linear_length)), float(rng.uniform(0, 180))
+        return K.linear_motion_kernel(length, angle), {"length": length, "angle": angle}
+    if blur == "defocus":
+        radius = float(rng.uniform(*opts.defocus_radius))
+        return K.defocus_kernel(radius), {"radius": radius}
+    raise ValueError(f"unknown blur {blur!r}")
+
+
+def parse_range(text: str, cast: type = float) -> tuple[Any, Any]:
+    """``"A"`` → (A, A); ``"A:B"`` → (A, B), for CLI range options."""
+    parts = text.split(":")
+    if len(parts) > 2 or not all(p.strip() for p in parts):
+        raise ValueError(f"expected A or A:B, got {text!r}")
+    lo, hi = (cast(p) for p in (parts * 2)[:2])
+    if isinstance(lo, float) and not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"expected finite numbers, got {text!r}")
+    if lo > hi:
+        raise ValueError(f"range {text!r} has low > high")
+    return lo, hi
