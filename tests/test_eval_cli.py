@@ -144,7 +144,6 @@ def test_several_models_one_table_and_the_crop_and_y_options(dataset: Path, tmp_
 
 
 def test_wiener_with_the_true_kernel_beats_the_blurry_input(dataset: Path) -> None:
-    pytest.importorskip("deblurcli.degradations")  # load_kernel lands with issue 3
     code, summary, _ = run_json("-m", "wiener", "--data", str(dataset))
     assert code == 0
     wiener = rows_by_key(summary)["wiener"]
@@ -208,7 +207,6 @@ def test_no_model_means_the_default_pretrained_one(dataset: Path, tmp_path: Path
 
 
 def test_benchmark_is_built_once_from_a_photo_folder(tmp_path: Path, monkeypatch) -> None:
-    pytest.importorskip("deblurcli.degradations")  # degrade lands with issue 3
     photos = tmp_path / "photos"
     for i in range(3):
         write_image(photos / f"p{i}.png", ImageData(natural_image(72, 88 + 8 * i, seed=10 + i)))

@@ -2,11 +2,15 @@
 
 * ``identity``: returns the blurry input (its row equals the blurry-input row by construction).
 * ``unsharp``: unsharp masking ``x + amount·(x − G_sigma * x)``; sigma and amount are tuned
-  by grid search on the first few pairs of the evaluated set (:data:`TUNE_IMAGES`).
+  by grid search (see below).
 * ``wiener``: non-blind Wiener deconvolution with the *true* blur kernel that ``deblur blur``
-  stored for each pair; its noise-to-signal balance is tuned the same way. It knows the
+  stored for each pair. Its noise-to-signal balance adapts to each image,
+  ``floor + gain·sigma²`` with sigma estimated from the blurry image itself (Immerkær's
+  fast noise estimator), and ``floor`` and ``gain`` are tuned the same way. It knows the
   kernel, the networks do not, so its row is labelled non-blind. Pairs without a kernel
   (noise-only, or datasets not made by ``deblur blur``) pass through unchanged.
+
+Tuning uses :data:`TUNE_IMAGES` pairs spread evenly over the evaluated set.
 """
 
 from __future__ import annotations
@@ -18,10 +22,11 @@ import cv2
 import numpy as np
 
 BASELINES = ("identity", "unsharp", "wiener")
-TUNE_IMAGES = 4
+TUNE_IMAGES = 6
 UNSHARP_SIGMAS = (0.8, 1.2, 1.8, 2.5, 3.5)
 UNSHARP_AMOUNTS = (0.3, 0.6, 1.0, 1.5, 2.0, 3.0)
-WIENER_BALANCES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+WIENER_FLOORS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+WIENER_GAINS = (0.0, 30.0, 100.0, 300.0, 1000.0)
 
 
 @dataclass
@@ -80,24 +85,36 @@ class Unsharp(Baseline):
 
 class Wiener(Baseline):
     def __init__(self) -> None:
-        super().__init__("wiener", "wiener (true kernel)", non_blind=True, params={"balance": 1e-2})
+        params = {"floor": 1e-3, "gain": 200.0}
+        super().__init__("wiener", "wiener (true kernel)", non_blind=True, params=params)
+
+    @staticmethod
+    def balance(blurred: np.ndarray, floor: float, gain: float) -> float:
+        """Noise-to-signal balance for this image: grows with its estimated noise."""
+        return floor + gain * estimate_noise_sigma(blurred) ** 2
 
     def __call__(self, blurred: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
         if kernel is None:
             return blurred
-        return wiener_deconvolve(blurred, kernel, self.params["balance"])
+        balance = self.balance(blurred, self.params["floor"], self.params["gain"])
+        return wiener_deconvolve(blurred, kernel, balance)
 
     def tune(self, samples: list[Sample]) -> None:
         samples = [s for s in samples if s.kernel is not None][:TUNE_IMAGES]
         if not samples:
             return
-        best = max(
-            WIENER_BALANCES,
-            key=lambda b: np.mean(
-                [_psnr(wiener_deconvolve(s.blurred, s.kernel, b), s.sharp) for s in samples]
-            ),
-        )
-        self.params = {"balance": best}
+
+        def score(floor: float, gain: float) -> float:
+            restored = [
+                wiener_deconvolve(s.blurred, s.kernel, self.balance(s.blurred, floor, gain))
+                for s in samples
+            ]
+            return float(
+                np.mean([_psnr(r, s.sharp) for r, s in zip(restored, samples, strict=True)])
+            )
+
+        floor, gain = max(itertools.product(WIENER_FLOORS, WIENER_GAINS), key=lambda p: score(*p))
+        self.params = {"floor": floor, "gain": gain}
 
 
 def make_baseline(name: str) -> Baseline:
@@ -116,6 +133,19 @@ def unsharp_mask(image: np.ndarray, sigma: float, amount: float) -> np.ndarray:
     blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
     blurred = blurred.reshape(image.shape)  # OpenCV drops a single channel axis
     return np.clip(image + amount * (image - blurred), 0.0, 1.0).astype(np.float32)
+
+
+def estimate_noise_sigma(image: np.ndarray) -> float:
+    """Gaussian noise sigma of an H×W×C image (Immerkær 1996, "Fast noise variance estimation").
+
+    The 3×3 mask cancels locally planar signal, so on blurry images what remains is mostly noise.
+    """
+    gray = image.mean(axis=2, dtype=np.float32) if image.ndim == 3 else image.astype(np.float32)
+    if min(gray.shape) < 3:
+        return 0.0
+    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    response = cv2.filter2D(gray, -1, mask)[1:-1, 1:-1]
+    return float(np.sqrt(np.pi / 2) * np.abs(response).mean() / 6)
 
 
 def _otf(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -357,9 +357,8 @@ def _tune(candidates: list[Candidate], pairs: list[Pair], options: EvalOptions, 
     if not tunable:
         return
     samples: list[Sample] = []
-    for pair in pairs:
-        if len(samples) >= TUNE_IMAGES:
-            break
+    spread = sorted(_sample_indices(len(pairs), TUNE_IMAGES))  # every family, not just the first
+    for pair in [pairs[i] for i in spread]:
         try:
             loaded = _load_pair(pair, options)
         except DeblurError:
