@@ -26,7 +26,7 @@ TUNE_IMAGES = 6
 UNSHARP_SIGMAS = (0.8, 1.2, 1.8, 2.5, 3.5)
 UNSHARP_AMOUNTS = (0.3, 0.6, 1.0, 1.5, 2.0, 3.0)
 WIENER_FLOORS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-WIENER_GAINS = (0.0, 30.0, 100.0, 300.0, 1000.0)
+WIENER_GAINS = (0.0, 10.0, 30.0, 100.0, 300.0)
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Unsharp(Baseline):
 
 class Wiener(Baseline):
     def __init__(self) -> None:
-        params = {"floor": 1e-3, "gain": 200.0}
+        params = {"floor": 1e-3, "gain": 100.0}
         super().__init__("wiener", "wiener (true kernel)", non_blind=True, params=params)
 
     @staticmethod
@@ -136,15 +136,16 @@ def unsharp_mask(image: np.ndarray, sigma: float, amount: float) -> np.ndarray:
 
 
 def estimate_noise_sigma(image: np.ndarray) -> float:
-    """Gaussian noise sigma of an H×W×C image (Immerkær 1996, "Fast noise variance estimation").
+    """Gaussian noise sigma of an H×W(×C) image (Immerkær 1996, "Fast noise variance estimation").
 
-    The 3×3 mask cancels locally planar signal, so on blurry images what remains is mostly noise.
+    The 3×3 mask cancels locally planar signal, so on blurry images what remains is mostly
+    noise. Estimated per channel (averaging channels first would hide noise), then averaged.
     """
-    gray = image.mean(axis=2, dtype=np.float32) if image.ndim == 3 else image.astype(np.float32)
-    if min(gray.shape) < 3:
+    planes = image.reshape(*image.shape[:2], -1).astype(np.float32)
+    if min(planes.shape[:2]) < 3:
         return 0.0
     mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    response = cv2.filter2D(gray, -1, mask)[1:-1, 1:-1]
+    response = cv2.filter2D(planes, -1, mask).reshape(planes.shape)[1:-1, 1:-1]
     return float(np.sqrt(np.pi / 2) * np.abs(response).mean() / 6)
 
 
