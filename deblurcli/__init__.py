@@ -11,6 +11,8 @@ from deblurcli.archs import get_spec, list_archs
 from deblurcli.degradations import degrade, synthesize_dataset
 from deblurcli.errors import DeblurError
 from deblurcli.imageio import read_image, write_image
+from deblurcli.inference import restore_tensor
+from deblurcli.inference.batch import RestoreSummary, restore
 from deblurcli.weights import load_checkpoint, save_checkpoint
 from deblurcli.weights.resolve import load_model
 
@@ -24,6 +26,9 @@ __all__ = [
     "load_checkpoint",
     "load_model",
     "read_image",
+    "restore",
+    "restore_tensor",
+    "RestoreSummary",
     "save_checkpoint",
     "synthesize_dataset",
     "write_image",

@@ -55,3 +55,7 @@ class ChecksumError(CheckpointError):
 
 class PhotoPoolError(DeblurError):
     """The training photo pool cannot be fetched or prepared, or is not there yet."""
+
+
+class DeviceMemoryError(DeblurError):
+    """Even the smallest tile does not fit in the device's memory."""

@@ -19,7 +19,7 @@ app = typer.Typer(
 app.command("blur")(blur.blur)
 app.command("train", context_settings=PENDING_CONTEXT)(train.train)
 app.command("eval")(evaluate.evaluate)
-app.command("restore", context_settings=PENDING_CONTEXT)(restore.restore)
+app.command("restore")(restore.restore)
 app.command("models")(models.models)
 app.add_typer(weights.app, name="weights")
 app.add_typer(data.app, name="data")
