@@ -275,3 +275,20 @@ def test_model_all_scores_every_available_pretrained_model(
     result = runner.invoke(app, ["eval", "-m", "all", "--data", str(dataset)])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert "no pretrained weights" in result.stderr
+
+
+def test_tile_and_device_options_reach_the_restore_engine(dataset: Path, tmp_path: Path) -> None:
+    ckpt = random_checkpoint(tmp_path / "rand.safetensors")  # simplecnn: no norm layers
+    base = ["-m", str(ckpt), "--data", str(dataset), "--device", "cpu"]
+    code, whole, _ = run_json(*base, "--tile", "0")
+    assert code == 0 and whole["settings"]["tile"] == 0 and whole["settings"]["device"] == "cpu"
+    code, tiled, _ = run_json(*base, "--tile", "24", "--tile-overlap", "8")
+    assert code == 0 and tiled["settings"]["tile"] == 24
+    w, t = whole["rows"][1], tiled["rows"][1]
+    assert t["psnr"] == pytest.approx(w["psnr"], abs=0.05) and t["ssim"] == pytest.approx(
+        w["ssim"], abs=1e-3
+    )
+    for bad in (["--tile", "big"], ["--device", "tpu9"]):
+        result = runner.invoke(app, ["eval", *base[:4], *bad])
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        assert len(result.stderr.strip().splitlines()) == 1

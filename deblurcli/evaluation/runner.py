@@ -9,7 +9,6 @@ on one channel; models see them repeated to RGB and their output is averaged bac
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from deblurcli.evaluation.baselines import (
     make_baseline,
 )
 from deblurcli.imageio import read_image, to_tensor_layout
+from deblurcli.inference import pick_device, restore_tensor
 from deblurcli.metrics import psnr, ssim
 from deblurcli.metrics.ssim import window_size
 from deblurcli.weights import default_model_name, list_pretrained, load_model
@@ -159,17 +159,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _pick_device(value: str | None) -> torch.device:
-    from deblurcli import inference
-
-    picker = getattr(inference, "pick_device", None)
-    if picker is not None:
-        return picker(value or "auto")
-    if value in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(value)
-
-
 def _model_label(value: str | nn.Module | None) -> str:
     if value is None:
         return default_model_name() or "default"
@@ -182,31 +171,18 @@ def _model_label(value: str | nn.Module | None) -> str:
     return value
 
 
-def _restore_kwargs(options: EvalOptions, device: torch.device) -> dict[str, Any]:
-    from deblurcli.inference import restore_tensor
-
-    wanted = {
+def _model_candidate(
+    model: nn.Module, key: str, label: str, options: EvalOptions, device: torch.device
+) -> Candidate:
+    settings = {
         "tile": options.tile,
         "tile_overlap": options.tile_overlap,
         "device": device,
         "precision": options.precision,
     }
-    accepted = inspect.signature(restore_tensor).parameters
-    return {k: v for k, v in wanted.items() if k in accepted}
-
-
-def _model_candidate(
-    model: nn.Module, key: str, label: str, options: EvalOptions, device: torch.device
-) -> Candidate:
-    from deblurcli.inference import restore_tensor
-
-    kwargs = _restore_kwargs(options, device)
-    if "device" not in kwargs:
-        model = model.to(device)
-    model.eval()
 
     def run(x: torch.Tensor, kernel: np.ndarray | None) -> torch.Tensor:
-        return restore_tensor(model, x, **kwargs)
+        return restore_tensor(model, x, **settings)
 
     return Candidate(key, label, "model", run, params=count_parameters(model))
 
@@ -393,7 +369,7 @@ def evaluate(
         raise UsageError("--crop-border must be >= 0")
     scan: PairScan = find_pairs(data, sharp=sharp, blurred=blurred)
     pairs = scan.pairs[: options.limit] if options.limit else scan.pairs
-    device = _pick_device(options.device)
+    device = pick_device(options.device or "auto")
     notes: list[str] = []
     candidates = resolve_candidates(models, options, device, notes)
     families = read_families(scan.dataset_root)
