@@ -292,3 +292,20 @@ def test_tile_and_device_options_reach_the_restore_engine(dataset: Path, tmp_pat
         result = runner.invoke(app, ["eval", *base[:4], *bad])
         assert result.exit_code != 0 and "Traceback" not in result.output
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_benchmark_defaults_to_the_held_out_val_photos(tmp_path: Path, monkeypatch) -> None:
+    pool = tmp_path / "pool"
+    write_image(pool / "prepared" / "val" / "v.png", ImageData(natural_image(48, 48, seed=1)))
+    write_image(pool / "prepared" / "train" / "t.png", ImageData(natural_image(48, 48, seed=2)))
+    monkeypatch.setenv("DEBLURCLI_DATA", str(pool))
+    monkeypatch.setenv("DEBLURCLI_CACHE", str(tmp_path / "cache"))
+    code, summary, _ = run_json("--benchmark", "-m", "identity")
+    assert code == 0 and summary["images_scored"] == 3
+    (built,) = (tmp_path / "cache" / "benchmark").iterdir()
+    sources = {json.loads(line)["source"] for line in (built / "manifest.jsonl").open()}
+    assert sources == {"v.png"}  # never a training photo
+
+    monkeypatch.setenv("DEBLURCLI_DATA", str(tmp_path / "empty"))
+    result = runner.invoke(app, ["eval", "--benchmark", "-m", "identity"])
+    assert result.exit_code != 0 and "deblur data" in result.stderr
