@@ -57,6 +57,15 @@ def ssim_map_mean(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> 
             f"ssim: images of {x.shape[-1]}×{x.shape[-2]} are smaller than the "
             f"{len(taps)}-pixel SSIM window"
         )
+    if x.device.type == "cpu" and x.shape[0] > 1:
+        # one image at a time stays in the CPU caches: several times faster than the whole batch
+        return torch.cat(
+            [_ssim_means(a[None], b[None], taps, data_range) for a, b in zip(x, y, strict=True)]
+        )
+    return _ssim_means(x, y, taps, data_range)
+
+
+def _ssim_means(x: Tensor, y: Tensor, taps: list[float], data_range: float) -> Tensor:
     x = x.to(torch.float64)
     y = y.to(torch.float64)
     c1 = (K1 * data_range) ** 2
