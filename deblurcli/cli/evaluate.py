@@ -107,7 +107,9 @@ def evaluate(
         False, "--y-channel", help="Score the BT.601 luma channel only (BasicSR)."
     ),
     tile: str = typer.Option("auto", "--tile", help="Tile size in pixels, 0 = whole image."),
-    tile_overlap: int | None = typer.Option(None, "--tile-overlap", min=0),
+    tile_overlap: int | None = typer.Option(
+        None, "--tile-overlap", min=0, help="Pixels shared by tiles (default: the model's)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
     precision: str = typer.Option(
         "fp32",
