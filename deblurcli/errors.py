@@ -57,5 +57,9 @@ class PhotoPoolError(DeblurError):
     """The training photo pool cannot be fetched or prepared, or is not there yet."""
 
 
+class DeviceMemoryError(DeblurError):
+    """Even the smallest tile does not fit in the device's memory."""
+
+
 class TrainingDivergedError(DeblurError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""

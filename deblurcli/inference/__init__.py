@@ -1,14 +1,11 @@
-"""Inference: run a model over an image (tiling, devices and precision land with issue #4)."""
+"""Inference: the tiling engine, device/precision policy and the batch ``restore`` API.
 
-from __future__ import annotations
+from deblurcli.inference import restore_tensor
+out = restore_tensor(model, image, tile="auto")  # N×C×H×W in [0, 1] → same shape
+"""
 
-import torch
-from torch import nn
+from deblurcli.inference.batch import RestoreSummary, restore
+from deblurcli.inference.device import pick_device, resolve_precision
+from deblurcli.inference.engine import restore_tensor
 
-
-@torch.inference_mode()
-def restore_tensor(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """Restore ``image`` (N×3×H×W in [0, 1]) with ``model`` in one pass; returns [0, 1]."""
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    return model(image.to(device)).clamp_(0, 1).to(image.device)
+__all__ = ["RestoreSummary", "pick_device", "resolve_precision", "restore", "restore_tensor"]

@@ -1,0 +1,142 @@
+"""Restore throughput (whole image vs tiled) and peak memory of ``deblur restore --tile auto``.
+
+Run: python benchmarks/bench_restore.py [--quick] [--widths tiny|default]
+
+For every architecture (``tiny`` widths by default, so it finishes in minutes on 2 cores; the
+tiling overhead depends on tile/overlap geometry, not on width), one photo-like image is
+restored whole and tiled, side by side; the table shows megapixels/s (median of repeats),
+the tiled overhead in % (measured, and "px extra": the extra pixels the overlapping tiles
+compute, its noise-free part), the tiled-vs-whole mean absolute difference in 1/255 units,
+and the peak RSS of a full ``python -m deblurcli restore`` of a 6000×4000 JPEG with
+``--tile auto`` (measured in a child process with ``resource.getrusage``). A CUDA column
+appears when a GPU is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage import data, transform
+
+from deblurcli.archs import create, get_spec, list_archs
+from deblurcli.inference import restore_tensor
+from deblurcli.inference.tiling import plan_tiles, size_multiple
+from deblurcli.weights import save_checkpoint
+
+
+def _photo(h: int, w: int) -> torch.Tensor:
+    img = transform.resize(data.astronaut(), (h, w), anti_aliasing=False).astype(np.float32)
+    return torch.from_numpy(img).permute(2, 0, 1).contiguous()
+
+
+def _side_by_side(fns: list, repeats: int) -> tuple[list[float], list[torch.Tensor]]:
+    """Median seconds of each fn, timed interleaved (a noisy shared machine hits both alike)."""
+    outs = [fn() for fn in fns]  # warm-up (and the results)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times], outs
+
+
+def _peak_rss_mb(ckpt: Path, image: Path, out: Path) -> tuple[float, float]:
+    """Peak RSS (MB) and wall seconds of one CLI restore, run in a fresh child process."""
+    code = (
+        "import resource, subprocess, sys, time; t = time.perf_counter(); "
+        "rc = subprocess.call(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter() - t, rc)"
+    )
+    cmd = [sys.executable, "-m", "deblurcli", "restore", str(image), "-o", str(out),
+           "-m", str(ckpt), "--tile", "auto", "--device", "cpu", "--overwrite"]  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True)
+    kb, secs, rc = res.stdout.split()[-3:]
+    if rc != "0":
+        raise SystemExit(f"restore failed: {res.stderr[-500:]}")
+    return int(kb) / 1024, float(secs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small image, one repeat")
+    parser.add_argument("--widths", choices=("tiny", "default"), default="tiny")
+    parser.add_argument("--size", default=None, help="HxW of the speed image [1024x1536]")
+    parser.add_argument("--tile", type=int, default=None, help="tiled-mode tile side [1024]")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--rss-size", default=None, help="HxW for the RSS run [4000x6000]")
+    parser.add_argument("--rss-archs", default="simplecnn,transformnet")
+    args = parser.parse_args()
+    h, w = map(int, (args.size or ("384x512" if args.quick else "1024x1536")).split("x"))
+    tile = args.tile or (256 if args.quick else 1024)
+    repeats = args.repeats or (1 if args.quick else 3)
+    rss_h, rss_w = map(
+        int, (args.rss_size or ("1000x1500" if args.quick else "4000x6000")).split("x")
+    )
+    rss_archs = set(args.rss_archs.split(",")) if args.rss_archs else set()
+    cuda = torch.cuda.is_available()
+    x = _photo(h, w)
+    mp = h * w / 1e6
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.widths} widths, "
+          f"{w}×{h} image, tile {tile} (arch overlap), RSS: {rss_w}×{rss_h} auto")  # fmt: skip
+    header = (f"{'arch':<13}{'whole MP/s':>11}{'tiled MP/s':>11}{'overhead':>9}{'tiles':>6}"
+              f"{'px extra':>9}{'MAE/255':>8}{'peak RSS':>10}{'RSS run s':>10}")  # fmt: skip
+    if cuda:
+        header += f"{'CUDA whole':>11}{'CUDA tiled':>11}"
+    print(header)
+    with tempfile.TemporaryDirectory() as tmp:
+        big = Path(tmp) / "big.jpg"
+        if rss_archs:
+            pixels = (_photo(rss_h, rss_w).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+            Image.fromarray(pixels).save(big, quality=92)
+            del pixels
+        for name in list_archs():
+            torch.manual_seed(0)
+            config = get_spec(name).tiny_config if args.widths == "tiny" else {}
+            model = create(name, **config).eval()
+            tiles = plan_tiles(h, w, tile, get_spec(name).tile_overlap, size_multiple(model))
+            tile_px = sum((t.ys.end - t.ys.start) * (t.xs.end - t.xs.start) for t in tiles)
+            extra_px = (tile_px / (h * w) - 1) * 100  # the deterministic part of the overhead
+            (t_whole, t_tiled), (whole, tiled) = _side_by_side(
+                [
+                    lambda m=model: restore_tensor(m, x, tile=0, device="cpu"),
+                    lambda m=model: restore_tensor(m, x, tile=tile, device="cpu"),
+                ],
+                repeats,
+            )
+            mae = float((tiled - whole).abs().mean()) * 255
+            overhead = (t_tiled / t_whole - 1) * 100
+            row = (f"{name:<13}{mp / t_whole:>11.3f}{mp / t_tiled:>11.3f}{overhead:>8.1f}%"
+                   f"{len(tiles):>6}{extra_px:>8.1f}%{mae:>8.3f}")  # fmt: skip
+            if name in rss_archs:
+                ckpt = save_checkpoint(model, Path(tmp) / f"{name}.safetensors")
+                rss, secs = _peak_rss_mb(ckpt, big, Path(tmp) / "out")
+                row += f"{rss:>8.0f}MB{secs:>10.1f}"
+            else:
+                row += f"{'-':>10}{'-':>10}"
+            if cuda:
+                (t_cw, t_ct), _ = _side_by_side(
+                    [
+                        lambda m=model: restore_tensor(m, x, tile=0, device="cuda"),
+                        lambda m=model: restore_tensor(m, x, tile=tile, device="cuda"),
+                    ],
+                    repeats,
+                )
+                row += f"{mp / t_cw:>11.2f}{mp / t_ct:>11.2f}"
+            print(row, flush=True)
+    base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"(peak RSS of this benchmark process itself: {base_mb:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""``restore``: deblur files, folders and globs to disk (the API behind ``deblur restore``).
+
+Decoding the next image and encoding the previous one run in a small thread pool while the
+model works on the current one. Outputs are written atomically, existing outputs are skipped
+(so an interrupted batch resumes), and a bad file is reported and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deblurcli.errors import DeblurError, ImageReadError, UsageError
+from deblurcli.imageio import (
+    IMAGE_SUFFIXES,
+    ImageData,
+    find_images,
+    from_tensor_layout,
+    output_format,
+    read_image,
+    set_max_image_pixels,
+    to_tensor_layout,
+    write_image,
+)
+from deblurcli.inference.device import pick_device
+from deblurcli.inference.distributed import rank_and_world, shard
+from deblurcli.inference.engine import restore_tensor
+
+DEFAULT_SUFFIX = "_deblurred"
+_EXT_BY_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    target: Path
+
+
+@dataclass
+class RestoreSummary:
+    """What a batch did; ``failed`` holds (path, one-line reason)."""
+
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    megapixels: float = 0.0
+    seconds: float = 0.0
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["failed"] = [{"path": p, "error": e} for p, e in self.failed]
+        data["megapixels_per_second"] = round(self.megapixels_per_second, 4)
+        return data
+
+
+class Reporter:
+    """Progress callbacks (the CLI draws a rich progress bar; the default does nothing)."""
+
+    def start(self, total: int) -> None: ...
+    def file_started(self, job: Job) -> None: ...
+    def tiles(self, done: int, total: int) -> None: ...
+    def file_finished(self, job: Job, status: str) -> None: ...
+
+
+def resolve_model(value: nn.Module | str | os.PathLike[str] | None) -> nn.Module:
+    """A loaded model as is; else ``load_model(value)`` (a name, path, hf:// URL, or None for
+    the manifest's default, which raises a one-line error while no weights are published)."""
+    if isinstance(value, nn.Module):
+        return value
+    from deblurcli.weights.resolve import load_model
+
+    return load_model(value)
+
+
+def _expand(value: str | os.PathLike[str]) -> list[Path] | None:
+    """Files/folders named by ``value`` (a path or a glob); None when nothing matches."""
+    path = Path(value)
+    if path.exists():
+        return [path]
+    if any(ch in str(value) for ch in "*?["):
+        matches = sorted(Path(p) for p in glob.glob(str(value), recursive=True))
+        return matches or None
+    return None
+
+
+def _target_name(source: Path, suffix: str, fmt: str | None) -> str:
+    ext = _EXT_BY_FORMAT.get(output_format(source, fmt), source.suffix) if fmt else source.suffix
+    return f"{source.stem}{suffix}{ext}"
+
+
+def plan_jobs(
+    inputs: Iterable[str | os.PathLike[str]],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    suffix: str | None = None,
+    fmt: str | None = None,
+    recursive: bool = False,
+) -> tuple[list[Job], list[tuple[str, str]]]:
+    """Map inputs to output paths; returns (jobs sorted by source, problems)."""
+    inputs = list(inputs)
+    if fmt and output_format(Path("x"), fmt) not in _EXT_BY_FORMAT:
+        raise UsageError(f"unsupported --format {fmt!r}; use png, jpeg, tiff, webp or bmp")
+    out_dir = Path(output) if output is not None else None
+    sfx = suffix if suffix is not None else ("" if out_dir else DEFAULT_SUFFIX)
+    single_file_target = (
+        out_dir is not None
+        and len(inputs) == 1
+        and out_dir.suffix.lower() in IMAGE_SUFFIXES
+        and not out_dir.is_dir()
+    )
+    jobs: list[Job] = []
+    problems: list[tuple[str, str]] = []
+    for value in inputs:
+        expanded = _expand(value)
+        if expanded is None:
+            problems.append((str(value), "no such file, folder or matching glob"))
+            continue
+        for path in expanded:
+            if path.is_dir():
+                for src in find_images(path, recursive=recursive):
+                    if out_dir is None and sfx and src.stem.endswith(sfx):
+                        continue  # our own earlier output
+                    if out_dir is not None and out_dir.resolve() in src.resolve().parents:
+                        continue
+                    rel = src.relative_to(path)
+                    base = out_dir if out_dir is not None else path
+                    jobs.append(Job(src, base / rel.parent / _target_name(src, sfx, fmt)))
+            elif single_file_target:
+                jobs.append(Job(path, out_dir))  # type: ignore[arg-type]
+            else:
+                base = out_dir if out_dir is not None else path.parent
+                jobs.append(Job(path, base / _target_name(path, sfx, fmt)))
+    return _dedupe(sorted(jobs, key=lambda j: str(j.source)), problems)
+
+
+def _dedupe(
+    jobs: list[Job], problems: list[tuple[str, str]]
+) -> tuple[list[Job], list[tuple[str, str]]]:
+    seen: dict[Path, Path] = {}
+    kept = []
+    for job in jobs:
+        target = job.target.resolve()
+        if target == job.source.resolve():
+            problems.append((str(job.source), "output would overwrite the input; use --suffix"))
+        elif target in seen:
+            if seen[target] != job.source.resolve():
+                reason = f"output {job.target} is also the output of {seen[target]}"
+                problems.append((str(job.source), reason))
+        else:
+            seen[target] = job.source.resolve()
+            kept.append(job)
+    return kept, problems
+
+
+def _side_by_side(before: ImageData, after: np.ndarray) -> ImageData:
+    pixels = np.concatenate([before.pixels, after], axis=1)
+    alpha = None if before.alpha is None else np.concatenate([before.alpha, before.alpha], axis=1)
+    return replace(before, pixels=pixels, alpha=alpha)
+
+
+def restore(
+    inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
+    model: nn.Module | str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    *,
+    suffix: str | None = None,
+    fmt: str | None = None,
+    recursive: bool = False,
+    overwrite: bool = False,
+    side_by_side: bool = False,
+    tile: int | str = "auto",
+    tile_overlap: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 1,
+    jpeg_quality: int = 95,
+    max_pixels: int | None = None,
+    reporter: Reporter | None = None,
+) -> RestoreSummary:
+    """Deblur every image named by ``inputs`` and write the results; never raises per file.
+
+    Outputs: ``output`` folder (mirroring folder inputs) or, without one, next to each input
+    with ``suffix`` (default ``_deblurred``). Under torchrun each rank does its share.
+    """
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    if max_pixels is not None:
+        set_max_image_pixels(max_pixels if max_pixels > 0 else None)
+    rank, world = rank_and_world()
+    jobs, problems = plan_jobs(inputs, output, suffix=suffix, fmt=fmt, recursive=recursive)
+    summary = RestoreSummary(rank=rank, world_size=world)
+    summary.failed += problems if rank == 0 else []
+    jobs = shard(jobs, rank, world)
+    todo = []
+    for job in jobs:
+        if job.target.exists() and not overwrite:
+            summary.skipped.append(str(job.source))
+        else:
+            todo.append(job)
+    reporter = reporter or Reporter()
+    reporter.start(len(todo))
+    if not todo:
+        return summary
+    net = resolve_model(model)
+    dev = pick_device(device)
+    engine = dict(
+        tile=tile, tile_overlap=tile_overlap, device=dev, precision=precision,
+        batch_size=batch_size, progress=reporter.tiles,
+    )  # fmt: skip
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="deblur-io") as pool:
+        writes: list[tuple[Job, Future[Any]]] = []
+        ahead = pool.submit(_load, todo[0].source, side_by_side)
+        for i, job in enumerate(todo):
+            current = ahead
+            if i + 1 < len(todo):
+                ahead = pool.submit(_load, todo[i + 1].source, side_by_side)
+            reporter.file_started(job)
+            _remove_stale_partials(job.target)
+            try:
+                result, mp = _restore_file(current.result(), net, engine)
+            except DeblurError as exc:
+                summary.failed.append((str(job.source), _one_line(exc, job.source)))
+                reporter.file_finished(job, "failed")
+                continue
+            kw = {"fmt": fmt, "jpeg_quality": jpeg_quality}
+            writes.append((job, pool.submit(write_image, job.target, result, **kw)))
+            summary.megapixels += mp
+            writes = _collect_writes(writes, summary, reporter, wait=len(writes) > 1)
+        _collect_writes(writes, summary, reporter, wait=True)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _one_line(exc: BaseException, path: Path | None = None) -> str:
+    text = " ".join(str(exc).split())
+    prefix = f"{path}: "
+    return text[len(prefix) :] if path is not None and text.startswith(prefix) else text
+
+
+def _load(path: Path, keep_pixels: bool) -> list[Any]:
+    """Decode ``path`` into [metadata, C×H×W tensor] (a list, so the caller can empty it)."""
+    image = read_image(path)
+    tensor = torch.from_numpy(to_tensor_layout(image.pixels))
+    if not keep_pixels:  # the decoded HWC copy is not needed again: free it early
+        image = image.with_pixels(np.empty((0, 0, image.pixels.shape[2]), np.float32))
+    return [image, tensor]
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Temp files a killed earlier run left for this very output (never a result)."""
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f".{glob.escape(target.name)}.*.part"):
+            stale.unlink(missing_ok=True)
+
+
+def _restore_file(
+    loaded: list[Any], model: nn.Module, engine: dict[str, Any]
+) -> tuple[ImageData, float]:
+    image, tensor = loaded.pop(0), loaded.pop(0)  # drop the future's references
+    h, w = tensor.shape[-2:]
+    try:
+        out = restore_tensor(model, tensor, **engine)
+    except MemoryError:
+        raise DeblurError("out of memory: try a smaller --tile or --batch-size") from None
+    except RuntimeError as exc:  # e.g. "DefaultCPUAllocator: can't allocate memory"
+        if "memory" not in str(exc).lower():
+            raise DeblurError(f"the model failed on this image: {_one_line(exc)[:200]}") from None
+        raise DeblurError(f"out of memory ({_one_line(exc)[:120]}); try a smaller --tile") from None
+    except ValueError as exc:
+        raise DeblurError(f"the model failed on this image: {_one_line(exc)[:200]}") from None
+    del tensor
+    pixels = from_tensor_layout(out.numpy(), image.is_gray)
+    del out
+    result = _side_by_side(image, pixels) if image.pixels.size else image.with_pixels(pixels)
+    return result, h * w / 1e6
+
+
+def _collect_writes(
+    writes: list[tuple[Job, Future[Any]]],
+    summary: RestoreSummary,
+    reporter: Reporter,
+    wait: bool,
+) -> list[tuple[Job, Future[Any]]]:
+    pending = []
+    for job, fut in writes:
+        if not wait and not fut.done():
+            pending.append((job, fut))
+            continue
+        try:
+            fut.result()
+        except (OSError, ValueError, ImageReadError) as exc:
+            summary.failed.append((str(job.source), f"cannot write {job.target}: {_one_line(exc)}"))
+            reporter.file_finished(job, "failed")
+            continue
+        summary.done.append(str(job.source))
+        reporter.file_finished(job, "done")
+    return pending
