@@ -300,6 +300,21 @@ def test_cli_two_folders_val_dir_and_overrides(pairs: Path, tmp_path: Path) -> N
     assert saved["recipe"]["lr"] == 3e-4 and saved["arch_config"]["n_blocks"] == 2
     assert "l1=" in (run / "metrics.csv").read_text()
     assert load_model(run).arch_config["n_blocks"] == 2
+    # The restore command loads the exported model by path.
+    photo = write_image(tmp_path / "photo.png", ImageData(natural_image(40, 52, seed=9)))
+    restored = CliRunner().invoke(
+        app,
+        [
+            "restore",
+            str(photo),
+            "--model",
+            str(run / "model.safetensors"),
+            "-o",
+            str(tmp_path / "o.png"),
+        ],
+    )
+    assert restored.exit_code == 0, restored.output
+    assert (tmp_path / "o.png").is_file()
 
 
 def test_vgg_layer_names_match_torchvision() -> None:

@@ -50,18 +50,6 @@ class Precision:
     channels_last: bool
 
 
-def pick_device(value: str = "auto") -> torch.device:
-    if value == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(value)
-    except RuntimeError:
-        raise UsageError(f"unknown device {value!r} (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    return device
-
-
 def _cpu_bf16_native() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -82,6 +70,8 @@ def resolve(arch: str, device: torch.device, value: str = "auto") -> Precision:
                 value = "fp16" if spec.fp16_safe else "fp32"
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[value]
         return Precision(value, dtype, value == "fp16", channels_last=value != "fp32")
+    if device.type != "cpu":  # MPS: fp32, no measurements to go on
+        return Precision("fp32", None, False, channels_last=False)
     if value == "fp16":
         raise UsageError("--precision fp16 needs CUDA; on the CPU use bf16 or fp32")
     if value == "auto":

@@ -28,10 +28,11 @@ from deblurcli.archs import create, create_discriminator, get_spec
 from deblurcli.data import dataset as ds
 from deblurcli.errors import CheckpointError, TrainingDivergedError, UsageError
 from deblurcli.imageio import atomic_path
+from deblurcli.inference.device import pick_device
 from deblurcli.metrics import psnr
 from deblurcli.training import distributed as dd
 from deblurcli.training import losses as L
-from deblurcli.training.precision import Precision, pick_device, resolve
+from deblurcli.training.precision import Precision, resolve
 from deblurcli.training.recipes import Recipe, override, recipe_for_arch
 from deblurcli.training.runlog import MetricsLog
 from deblurcli.training.vgg import load_vgg19
