@@ -35,12 +35,6 @@ class CheckpointError(DeblurError):
     """A weights file that is missing, corrupt, untrusted or does not match its model."""
 
 
-class NotYetAvailableError(DeblurError):
-    """A feature whose implementation has not landed yet."""
-
-    exit_code = 3
-
-
 class ManifestError(DeblurError):
     """``weights_manifest.toml`` (or a manifest named by ``DEBLURCLI_MANIFEST``) is invalid."""
 
@@ -59,3 +53,7 @@ class PhotoPoolError(DeblurError):
 
 class DeviceMemoryError(DeblurError):
     """Even the smallest tile does not fit in the device's memory."""
+
+
+class TrainingDivergedError(DeblurError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""

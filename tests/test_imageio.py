@@ -127,3 +127,15 @@ def test_find_images_is_recursive_and_sorted(tmp_path):
         "b/1.webp",
         "b/2.png",
     ]
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    from deblurcli.imageio import atomic_write_bytes
+
+    target = tmp_path / "out.bin"
+    atomic_write_bytes(target, b"x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

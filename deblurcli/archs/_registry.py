@@ -34,6 +34,7 @@ class ArchSpec:
     tile_overlap: int = 32
     tiny_config: dict[str, Any] = field(default_factory=dict)
     discriminator: Callable[..., nn.Module] | None = None
+    recipe: str = ""  # name of its training recipe in deblurcli.training.recipes
 
     def size_rule(self) -> str:
         if self.size_multiple <= 1:

@@ -52,6 +52,7 @@ SPEC = ArchSpec(
     size_multiple=4,
     tile_overlap=64,
     discriminator=PatchGANCritic,
+    recipe="deblurgan",
 )
 
 

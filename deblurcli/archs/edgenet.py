@@ -94,6 +94,7 @@ SPEC = ArchSpec(
     tiny_config={"edge_widths": [4, 8], "edge_convs": [1, 1], "deblur_base": 4, "deblur_blocks": 1},
     size_multiple=16,
     tile_overlap=96,
+    recipe="edgenet",
 )
 
 

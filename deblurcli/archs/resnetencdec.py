@@ -77,6 +77,7 @@ SPEC = ArchSpec(
     },
     size_multiple=32,
     tile_overlap=128,
+    recipe="resnetencdec",
 )
 
 

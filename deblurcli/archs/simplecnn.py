@@ -24,6 +24,7 @@ SPEC = ArchSpec(
     tiny_config={"widths": [8, 8, 8, 8, 8, 8]},
     size_multiple=1,
     tile_overlap=16,  # receptive field is 15 px
+    recipe="simplecnn",
 )
 
 

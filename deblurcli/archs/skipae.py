@@ -61,6 +61,7 @@ SPEC = ArchSpec(
     size_multiple=4,
     tile_overlap=32,
     discriminator=SkipAEDiscriminator,
+    recipe="skipae",
 )
 
 

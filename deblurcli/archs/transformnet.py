@@ -25,6 +25,7 @@ SPEC = ArchSpec(
     tiny_config={"base": 4, "n_blocks": 1},
     size_multiple=4,
     tile_overlap=64,
+    recipe="transformnet",
 )
 
 

@@ -7,7 +7,6 @@ import logging
 import typer
 
 from deblurcli.cli import blur, data, evaluate, models, restore, train, weights
-from deblurcli.cli._common import PENDING_CONTEXT
 
 app = typer.Typer(
     name="deblur",
@@ -17,8 +16,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("blur")(blur.blur)
-app.command("train", context_settings=PENDING_CONTEXT)(train.train)
-app.command("eval", context_settings=PENDING_CONTEXT)(evaluate.evaluate)
+app.command("train")(train.train)
+app.command("eval")(evaluate.evaluate)
 app.command("restore")(restore.restore)
 app.command("models")(models.models)
 app.add_typer(weights.app, name="weights")

@@ -10,14 +10,11 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 
-from deblurcli.errors import DeblurError, NotYetAvailableError
+from deblurcli.errors import DeblurError
 
 console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
-
-# Passed to stubs so they accept any arguments and still say clearly that they are pending.
-PENDING_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -45,13 +42,6 @@ def friendly_errors(func: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
-
-
-def pending(command: str, issue: int) -> NoReturn:
-    """Stub body for a command whose implementation has not landed yet."""
-    raise NotYetAvailableError(
-        f"'deblur {command}' is not implemented yet (tracked in issue #{issue})"
-    )
 
 
 def is_tty() -> bool:

@@ -2,15 +2,126 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
 
-from deblurcli.cli._common import friendly_errors, pending
+from deblurcli.cli._common import console, err_console, friendly_errors
+from deblurcli.errors import UsageError
+
+
+def _parse_config(items: list[str]) -> dict[str, object]:
+    """``key=value`` pairs; values are JSON when they parse (numbers, lists), else strings."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--config expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 @friendly_errors
-def train(ctx: typer.Context) -> None:
+def train(
+    arch: str = typer.Option(..., "--arch", "-a", help="Architecture to train (deblur models)."),
+    data: Path | None = typer.Option(
+        None, "--data", "-d", help="Dataset: DIR/sharp + DIR/blurred, GoPro, or sharp images."
+    ),
+    sharp: Path | None = typer.Option(None, "--sharp", help="Folder of sharp images."),
+    blurred: Path | None = typer.Option(None, "--blurred", help="Folder of blurred images."),
+    val: Path | None = typer.Option(
+        None, "--val", help="Validation dataset (default: ~10%% of --data by name hash)."
+    ),
+    degrade: str | None = typer.Option(
+        None, "--degrade", help="Blur sharp-only --data on the fly: motion, gaussian, mix, ..."
+    ),
+    patch_size: int = typer.Option(128, "--patch-size", min=8, help="Random crop size."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    steps: int = typer.Option(1000, "--steps", min=1, help="Total optimisation steps."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate (default: the recipe's)."),
+    loss: str | None = typer.Option(
+        None, "--loss", help="Loss terms, e.g. mae or 'mse:1,perceptual@conv4_4:0.1'."
+    ),
+    no_adversarial: bool = typer.Option(
+        False, "--no-adversarial", help="Train GAN recipes without their critic."
+    ),
+    n_critic: int | None = typer.Option(
+        None, "--n-critic", help="Critic updates per generator step (GAN recipes)."
+    ),
+    width: str = typer.Option("default", "--width", help="default, or tiny (tests, smoke runs)."),
+    config: list[str] = typer.Option(
+        [], "--config", "-c", help="Architecture config override key=value (repeatable)."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder [runs/ARCH]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
+    vgg_weights: Path | None = typer.Option(
+        None, "--vgg-weights", help="VGG19 ImageNet weights (.pth) for perceptual losses."
+    ),
+    workers: int = typer.Option(2, "--workers", min=0, help="DataLoader worker processes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16, fp16 (CUDA)."),
+    compile_model: bool = typer.Option(False, "--compile", help="Use torch.compile."),
+    seed: int = typer.Option(0, "--seed"),
+    val_every: int = typer.Option(500, "--val-every", min=1, help="Validate every N steps."),
+    ckpt_every: int = typer.Option(500, "--ckpt-every", min=1, help="Checkpoint every N steps."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
     """Train an architecture (--arch NAME) on sharp/blurred pairs with its paper's recipe.
 
     Writes RUN/model.safetensors, loadable by 'deblur restore --model' and 'deblur eval'.
+    Under 'torchrun --nproc_per_node=N -m deblurcli train ...' it trains with DDP.
     """
-    pending("train", 6)
+    from deblurcli.training import TrainConfig
+    from deblurcli.training import train as run_training
+
+    cfg = TrainConfig(
+        arch=arch,
+        out=out or Path("runs") / arch,
+        data=data,
+        sharp=sharp,
+        blurred=blurred,
+        val=val,
+        degrade=degrade,
+        patch_size=patch_size,
+        batch_size=batch_size,
+        steps=steps,
+        lr=lr,
+        loss=loss,
+        adversarial=not no_adversarial,
+        n_critic=n_critic,
+        width=width,
+        arch_config=_parse_config(config),
+        resume=resume,
+        vgg_weights=vgg_weights,
+        workers=workers,
+        device=device,
+        precision=precision,
+        compile=compile_model,
+        seed=seed,
+        val_every=val_every,
+        ckpt_every=ckpt_every,
+        progress=not as_json and err_console.is_terminal,
+    )
+    result = run_training(cfg)
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    for line in result.problems:
+        err_console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+    if as_json:
+        console.print_json(json.dumps(result.to_json()))
+        return
+    best = "n/a" if result.best_psnr is None else f"{result.best_psnr:.2f} dB"
+    console.print(
+        f"trained {arch} for {result.step}/{result.steps} steps: loss {result.last_loss:.4g}, "
+        f"best val PSNR {best}, {result.patches_per_s:.1f} patches/s "
+        f"({result.precision}{', channels_last' if result.channels_last else ''}); "
+        f"model: {result.model_path}",
+        highlight=False,
+        soft_wrap=True,
+    )

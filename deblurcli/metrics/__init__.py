@@ -45,3 +45,8 @@ def psnr(
     x, y = prepare_pair(x, y, crop_border, y_channel)
     mse = (x - y).pow(2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(data_range**2 / mse)
+
+
+from deblurcli.metrics.ssim import ssim  # noqa: E402 (ssim builds on prepare_pair above)
+
+__all__ = ["prepare_pair", "psnr", "rgb_to_y", "ssim"]

@@ -1,0 +1,98 @@
+"""Loss functions of the recipes: pixel, perceptual, edge and adversarial terms."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deblurcli.training.vgg import VGGFeatures
+
+
+def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.l1_loss(pred.float(), target.float())
+
+
+def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(pred.float(), target.float())
+
+
+class PerceptualLoss(nn.Module):
+    """Mean squared distance of VGG19 features at one layer (Johnson et al.; DeblurGAN's L_X)."""
+
+    def __init__(self, vgg: VGGFeatures, layer: str):
+        super().__init__()
+        self.vgg = vgg
+        self.layer = layer
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            want = self.vgg(target)[self.layer]
+        return F.mse_loss(self.vgg(pred)[self.layer].float(), want.float())
+
+
+def canny_edges(images: torch.Tensor, low: int = 50, high: int = 150) -> torch.Tensor:
+    """Binary Canny edge maps (N×1×H×W float 0/1) of RGB images in [0, 1] (via OpenCV)."""
+    arr = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    maps = []
+    for img in arr:
+        gray = cv2.cvtColor(np.ascontiguousarray(img.transpose(1, 2, 0)), cv2.COLOR_RGB2GRAY)
+        maps.append(cv2.Canny(gray, low, high) > 0)
+    return torch.from_numpy(np.stack(maps)[:, None].astype(np.float32)).to(images.device)
+
+
+def balanced_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """HED's class-balanced BCE: positives weighted by the negative share and vice versa.
+
+    Per image, β = |negatives| / |all|; edge pixels get weight β, others 1 − β, so the rare
+    edge class is not drowned by the background.
+    """
+    target = target.float()
+    n = target[0].numel()
+    pos = target.flatten(1).sum(1).view(-1, 1, 1, 1)
+    beta = (n - pos) / n
+    weight = torch.where(target > 0.5, beta, 1 - beta)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), target, weight, reduction="sum")
+    return loss / target.shape[0] / n
+
+
+def edge_loss(fused: torch.Tensor, sides: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """HED deep supervision: balanced BCE on the fused map and on every side output."""
+    total = balanced_bce(fused, target)
+    for side in sides:
+        total = total + balanced_bce(side, target)
+    return total / (1 + len(sides))
+
+
+def gradient_penalty(critic: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP: (‖∇D(x̂)‖₂ − 1)² at random interpolates x̂ of real and fake (Gulrajani et al.)."""
+    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    score = critic(mixed)
+    (grad,) = torch.autograd.grad(score.sum(), mixed, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def critic_loss(
+    kind: str, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor, gp_weight: float
+) -> torch.Tensor:
+    """Loss of the critic/discriminator on a real and a (detached) fake batch."""
+    fake = fake.detach().float()
+    real = real.float()
+    if kind == "wgan-gp":
+        loss = critic(fake).float().mean() - critic(real).float().mean()
+        return loss + gp_weight * gradient_penalty(critic, real, fake)
+    real_logit, fake_logit = critic(real).float(), critic(fake).float()
+    return F.binary_cross_entropy_with_logits(
+        real_logit, torch.ones_like(real_logit)
+    ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+
+
+def generator_adv_loss(kind: str, critic: nn.Module, fake: torch.Tensor) -> torch.Tensor:
+    """The generator's adversarial term: −D(G(x)) for WGAN, non-saturating BCE for GAN."""
+    score = critic(fake.float()).float()
+    if kind == "wgan-gp":
+        return -score.mean()
+    return F.binary_cross_entropy_with_logits(score, torch.ones_like(score))

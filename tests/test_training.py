@@ -1,0 +1,347 @@
+"""deblur train: every arch learns, checkpoints load, resume is exact, DDP and bad data work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import natural_image
+
+from deblurcli.archs import get_spec, list_archs
+from deblurcli.data import dataset as ds
+from deblurcli.errors import UsageError
+from deblurcli.imageio import ImageData, write_image
+from deblurcli.inference import restore_tensor
+from deblurcli.training import TrainConfig, train
+from deblurcli.training.recipes import parse_losses, recipe_for_arch
+from deblurcli.training.trainer import Trainer
+from deblurcli.weights import read_metadata
+from deblurcli.weights.resolve import load_model
+
+PATCH = 32
+
+
+def _write_pairs(root: Path, n: int = 6, size: int = 64) -> Path:
+    for i in range(n):
+        sharp = natural_image(size, size, seed=i)
+        blurred = cv2.GaussianBlur(sharp, (0, 0), 1.5)
+        write_image(root / "sharp" / f"im{i}.png", ImageData(sharp))
+        write_image(root / "blurred" / f"im{i}.png", ImageData(blurred))
+    return root
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_pairs(tmp_path_factory.mktemp("pairs"))
+
+
+@pytest.fixture(autouse=True)
+def _no_vgg_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # An empty torch hub cache: no ImageNet VGG19, whatever the machine has.
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+
+
+def _config(arch: str, data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        arch=arch,
+        out=out,
+        data=data,
+        width="tiny",
+        patch_size=PATCH,
+        batch_size=4,
+        steps=4,
+        val_every=2,
+        ckpt_every=2,
+        log_every=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _eval_loss(trainer: Trainer, batch) -> float:
+    """Recipe loss without the adversarial term, with the same dropout mask every time."""
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(0)
+        blurred, sharp = trainer._to_device(batch[0]), trainer._to_device(batch[1])
+        terms = trainer._losses(blurred, sharp)
+    return sum(float(v) for k, v in terms.items() if k != "adv")
+
+
+@pytest.mark.parametrize("arch", list_archs())
+def test_arch_learns_checkpoints_and_restores(arch: str, pairs: Path, tmp_path: Path) -> None:
+    # Over a fixed batch, a few steps must lower the recipe's loss.
+    fast = {"batch_size": 2, "n_critic": 1}
+    trainer = Trainer(_config(arch, pairs, tmp_path / "fixed", steps=10, lr=5e-4, **fast))
+    batch = next(trainer._loader())
+    trainer.step = trainer.cfg.steps  # past edgenet's edge-only stage: measure the joint loss
+    before = _eval_loss(trainer, batch)
+    for _ in range(4):
+        trainer.train_step(batch)
+    after = _eval_loss(trainer, batch)
+    assert after < before, f"{arch}: loss {before:.5f} -> {after:.5f}"
+
+    # A full (short) run writes the checkpoint that load_model and restore use.
+    result = train(_config(arch, pairs, tmp_path / "run", steps=2, **fast))
+    assert result.step == 2 and np.isfinite(result.last_loss)
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    model = load_model(tmp_path / "run" / "model.safetensors")
+    assert model.arch_name == arch
+    assert read_metadata(result.model_path)["deblurcli.arch"] == arch
+    image = torch.rand(1, 3, 40, 44)
+    out = restore_tensor(model, image)
+    assert out.shape == image.shape and torch.isfinite(out).all()
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,kind") and any(",val," in r for r in rows)
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+
+
+def test_every_arch_names_a_recipe() -> None:
+    for arch in list_archs():
+        assert get_spec(arch).recipe == arch
+        assert recipe_for_arch(arch).losses or recipe_for_arch(arch).adversarial
+    assert recipe_for_arch("simplecnn").grad_clip == 1.0
+    assert recipe_for_arch("deblurgan").adversarial.n_critic == 5
+    assert [t.name for t in parse_losses("mae")] == ["l1"]
+    terms = parse_losses("mse:1,perceptual@conv3_3:0.1")
+    assert terms[1].layer == "conv3_3" and terms[1].weight == 0.1
+
+
+def _train_losses(run: Path) -> dict[int, str]:
+    rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    return {int(r[0]): r[3] for r in rows if r[1] == "train"}
+
+
+def test_resume_continues_exactly(pairs: Path, tmp_path: Path) -> None:
+    # deblurgan: dropout, WGAN-GP interpolation noise and a critic optimiser all need state.
+    kw = {"steps": 4, "n_critic": 2, "batch_size": 2}
+    whole = train(_config("deblurgan", pairs, tmp_path / "a", **kw))
+    part = _config("deblurgan", pairs, tmp_path / "b", stop_after=2, **kw)
+    assert train(part).step == 2
+    resumed = train(_config("deblurgan", pairs, tmp_path / "b", resume=True, **kw))
+    assert resumed.step == 4
+    assert _train_losses(tmp_path / "a") == _train_losses(tmp_path / "b")
+    assert resumed.last_loss == whole.last_loss
+    a, b = (
+        load_model(tmp_path / "a" / "last.safetensors"),
+        load_model(tmp_path / "b" / "last.safetensors"),
+    )
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_missing_vgg_is_warned_and_recorded(pairs: Path, tmp_path: Path, caplog) -> None:
+    with caplog.at_level("WARNING"):
+        result = train(_config("simplecnn", pairs, tmp_path / "run", steps=2))
+    assert "perceptual loss dropped" in caplog.text
+    assert result.perceptual == "dropped"
+    assert read_metadata(result.model_path)["perceptual"] == "dropped"
+    assert "perceptual" not in (tmp_path / "run" / "metrics.csv").read_text()
+
+
+def test_vgg_weights_file_enables_perceptual(pairs: Path, tmp_path: Path) -> None:
+    import torchvision
+
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
+    weights = tmp_path / "vgg19.pth"
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, weights)
+    result = train(_config("simplecnn", pairs, tmp_path / "run", steps=2, vgg_weights=weights))
+    assert result.perceptual.startswith("vgg19 conv4_4")
+    assert "perceptual=" in (tmp_path / "run" / "metrics.csv").read_text()
+
+
+def test_corrupt_files_are_skipped(tmp_path: Path) -> None:
+    root = _write_pairs(tmp_path / "data", n=5)
+    truncated = root / "blurred" / "im1.png"
+    truncated.write_bytes(truncated.read_bytes()[:200])  # header fine, pixels cut off
+    (root / "sharp" / "im2.png").write_bytes(b"not an image")
+    cfg = _config("transformnet", root, tmp_path / "run", steps=3, val_fraction=0.0, workers=1)
+    result = train(cfg)  # a worker process reports what it skipped
+    assert result.step == 3
+    text = "\n".join(result.problems)
+    assert "im1" in text and "im2" in text
+
+
+def test_dataset_split_and_sampler_shards(pairs: Path) -> None:
+    examples = ds.examples_from_pairs(
+        [type("P", (), {"name": f"x{i}", "sharp": "s", "blurred": "b"}) for i in range(50)]
+    )
+    train_set, val_set = ds.split_by_name(examples, 0.2)
+    assert train_set and val_set and not {e.name for e in train_set} & {e.name for e in val_set}
+    assert ds.split_by_name(list(reversed(examples)), 0.2)[1] == list(reversed(val_set))
+    take = 10
+    shards = [
+        [k for k, _ in zip(ds.StepSampler(20, seed=1, rank=r, world=2), range(take), strict=False)]
+        for r in (0, 1)
+    ]
+    assert not {i for i, _ in shards[0]} & {i for i, _ in shards[1]}
+    later = list(zip(ds.StepSampler(20, seed=1, start=4, rank=0, world=2), range(6), strict=False))
+    assert [k for k, _ in later] == shards[0][4:]
+
+
+def test_cli_kill_and_resume(pairs: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "deblurcli", "train", "--arch", "simplecnn", "--width", "tiny"]
+    cmd += ["--data", str(pairs), "--patch-size", "32", "--batch-size", "2", "--workers", "0"]
+    cmd += ["--out", str(run), "--steps", "4000", "--ckpt-every", "5", "--val-every", "1000"]
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / "model.safetensors").is_file()
+    done = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
+    again = subprocess.run(
+        cmd[:-6] + ["--steps", str(done + 5), "--resume", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["step"] == done + 5
+
+
+def test_cli_bad_patch_size_is_one_line_error(pairs: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deblurcli.cli import app
+
+    args = ["train", "--arch", "resnetencdec", "--width", "tiny", "--data", str(pairs)]
+    result = CliRunner().invoke(app, [*args, "--patch-size", "40", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "multiple of 32" in result.output
+
+
+def test_torchrun_gloo_two_processes(pairs: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += [
+        "-m",
+        "deblurcli",
+        "train",
+        "--arch",
+        "skipae",
+        "--width",
+        "tiny",
+    ]  # GAN: hand-synced critic
+    cmd += ["--data", str(pairs), "--patch-size", "32", "--batch-size", "2", "--steps", "3"]
+    cmd += ["--workers", "0", "--device", "cpu", "--out", str(run), "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["step"] == 3
+    assert load_model(run).arch_name == "skipae"
+
+
+def test_degrade_on_the_fly(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    for i in range(4):
+        write_image(folder / f"p{i}.png", ImageData(natural_image(48, 48, seed=10 + i)))
+    examples = ds.sharp_only_examples(folder)
+    data = ds.PairDataset(examples, PATCH, degrade="gaussian", seed=3)
+    key = (1, (3, 0, 0, 5))
+    blurred, sharp, skipped = data[key]
+    assert blurred.shape == sharp.shape == (3, PATCH, PATCH) and not skipped
+    assert torch.equal(data[key][0], blurred)  # the key alone decides the sample
+    assert (blurred - sharp).abs().mean() > 1e-3  # it really was blurred
+    # A sharp edge loses contrast under blur: gradients shrink.
+    assert blurred.diff(dim=-1).abs().mean() < sharp.diff(dim=-1).abs().mean()
+    cfg = _config("transformnet", folder, tmp_path / "run", steps=2, degrade="gaussian")
+    result = train(cfg)
+    assert result.step == 2 and result.best_psnr is not None
+    bad = _config("transformnet", folder, tmp_path / "bad", degrade="sideways")
+    with pytest.raises(UsageError, match="unknown --degrade"):
+        train(bad)
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(
+    pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deblurcli.errors import TrainingDivergedError
+    from deblurcli.training import losses
+
+    run = tmp_path / "run"
+    train(_config("transformnet", pairs, run, steps=2))
+    state = (run / "checkpoints" / "last.pt").read_bytes()
+    model = (run / "model.safetensors").read_bytes()
+    monkeypatch.setattr(losses, "mse_loss", lambda pred, target: (pred - target).sum() * np.nan)
+    with pytest.raises(TrainingDivergedError, match=r"nan at step 3.*last\.pt"):
+        train(_config("transformnet", pairs, run, steps=6, resume=True))
+    assert (run / "checkpoints" / "last.pt").read_bytes() == state
+    assert (run / "model.safetensors").read_bytes() == model
+
+
+def test_cli_two_folders_val_dir_and_overrides(pairs: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deblurcli.cli import app
+
+    val = _write_pairs(tmp_path / "val", n=2, size=40)
+    run = tmp_path / "run"
+    args = ["train", "--arch", "transformnet", "--width", "tiny", "--config", "n_blocks=2"]
+    args += ["--sharp", str(pairs / "sharp"), "--blurred", str(pairs / "blurred")]
+    args += ["--val", str(val), "--loss", "mae", "--lr", "3e-4", "--patch-size", "32"]
+    args += ["--batch-size", "2", "--steps", "2", "--workers", "0", "--out", str(run), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["best_psnr"] > 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["recipe"]["losses"] == [{"name": "l1", "weight": 1.0, "layer": None}]
+    assert saved["recipe"]["lr"] == 3e-4 and saved["arch_config"]["n_blocks"] == 2
+    assert "l1=" in (run / "metrics.csv").read_text()
+    assert load_model(run).arch_config["n_blocks"] == 2
+    # The restore command loads the exported model by path.
+    photo = write_image(tmp_path / "photo.png", ImageData(natural_image(40, 52, seed=9)))
+    restored = CliRunner().invoke(
+        app,
+        [
+            "restore",
+            str(photo),
+            "--model",
+            str(run / "model.safetensors"),
+            "-o",
+            str(tmp_path / "o.png"),
+        ],
+    )
+    assert restored.exit_code == 0, restored.output
+    assert (tmp_path / "o.png").is_file()
+
+
+def test_vgg_layer_names_match_torchvision() -> None:
+    import torchvision
+
+    from deblurcli.training.vgg import layer_indices
+
+    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
+    convs = [i for i, m in enumerate(features) if isinstance(m, torch.nn.Conv2d)]
+    index = layer_indices()
+    assert list(index.values()) == convs and len(index) == 16
+    assert index["conv3_3"] == 14 and index["conv4_4"] == 25  # DeblurGAN's and seed 004's taps
+
+
+def test_gradient_penalty_of_a_linear_critic() -> None:
+    from deblurcli.training.losses import balanced_bce, gradient_penalty
+
+    # D(x) = <w, x> has gradient w everywhere: the penalty is exactly (‖w‖ − 1)².
+    w = torch.randn(1, 3, 8, 8)
+    critic = lambda x: (x * w).flatten(1).sum(1)  # noqa: E731
+    real, fake = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 8, 8)
+    expected = (w.norm() - 1) ** 2
+    assert torch.allclose(gradient_penalty(critic, real, fake), expected, rtol=1e-5)
+    # Balanced BCE: the rare edge class weighs as much in total as the background.
+    target = torch.zeros(1, 1, 10, 10)
+    target[..., 0, :] = 1  # 10 % edges
+    logits = torch.zeros_like(target)  # p = 0.5 everywhere: per-pixel BCE = ln 2
+    pos_share = 0.9 * 10 * np.log(2) / 100
+    neg_share = 0.1 * 90 * np.log(2) / 100
+    assert float(balanced_bce(logits, target)) == pytest.approx(pos_share + neg_share, rel=1e-6)
