@@ -57,6 +57,7 @@ _DEFAULT_KEYS = {
     "budget_minutes",
     "license",
     "default_model",
+    "vgg_weights",
 }
 
 
@@ -204,6 +205,8 @@ def train_command(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> 
             cmd += [f"--{key.replace('_', '-')}", str(plan[key])]
     if plan.get("adversarial") is False:
         cmd.append("--no-adversarial")
+    if plan.get("vgg_weights"):  # ImageNet VGG19 .pth for the perceptual terms, if you have it
+        cmd += ["--vgg-weights", str(Path(plan["vgg_weights"]).expanduser())]
     if width == "default":
         cmd += config_args(plan["config"])
     return deblur_cmd(*cmd, "--json")
