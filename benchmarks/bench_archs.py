@@ -1,6 +1,6 @@
 """Forward throughput of each architecture on the CPU: fp32 contiguous vs channels_last.
 
-Run: python benchmarks/bench_archs.py [--size 256] [--repeats 5]
+Run: python benchmarks/bench_archs.py [--size 256] [--repeats 5] [--quick]
 Prints megapixels/s per arch (median of repeats) and the channels_last/contiguous ratio,
 both measured side by side in one run.
 """
@@ -30,7 +30,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="128² input, 3 repeats")
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.repeats = 128, 3
     x = torch.rand(1, 3, args.size, args.size)
     cl_x = x.contiguous(memory_format=torch.channels_last)
     mp = args.size * args.size / 1e6
