@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from deblurcli import load_model
 from deblurcli.archs import create, get_spec
@@ -75,3 +77,23 @@ def test_weights_for_another_arch_are_rejected(tmp_path):
     torch.save(model.state_dict(), tmp_path / "m.pth")
     with pytest.raises(CheckpointError, match="do not match transformnet"):
         load_checkpoint(tmp_path / "m.pth", arch="transformnet")
+
+
+def test_saved_checkpoint_gets_ordinary_file_permissions(tmp_path):
+    model = create("simplecnn", **get_spec("simplecnn").tiny_config)
+    path = save_checkpoint(model, tmp_path / "model.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    # shared like any result file, not private (0600) like a mkstemp temporary
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("config", ["{bad", "[1, 2]", '"text"'])
+def test_malformed_config_metadata_is_a_clear_error(tmp_path, config):
+    model = create("simplecnn", **get_spec("simplecnn").tiny_config)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    path = tmp_path / "model.safetensors"
+    save_file(state, path, metadata={"deblurcli.arch": "simplecnn", "deblurcli.config": config})
+    with pytest.raises(CheckpointError, match="not a JSON object"):
+        load_checkpoint(path)

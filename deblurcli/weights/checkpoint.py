@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from torch import nn
 
 from deblurcli.archs import create, get_spec
 from deblurcli.errors import CheckpointError
+from deblurcli.imageio import atomic_path
 
 ARCH_KEY = "deblurcli.arch"
 CONFIG_KEY = "deblurcli.config"
@@ -44,15 +44,8 @@ def save_checkpoint(
     meta = dict(metadata or {})
     meta[ARCH_KEY] = model.arch_name
     meta[CONFIG_KEY] = json.dumps(model.arch_config, sort_keys=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -111,7 +104,7 @@ def load_checkpoint(
         if arch is None:
             raise CheckpointError(f"{path}: no '{ARCH_KEY}' in its metadata; pass the arch")
         if config is None:
-            config = json.loads(meta.get(CONFIG_KEY, "{}"))
+            config = _metadata_config(path, meta)
         state = _read_tensors(path)
     get_spec(arch)  # unknown arch → one-line error
     model = _build_for_loading(arch, config)
@@ -122,6 +115,17 @@ def load_checkpoint(
         first = str(exc).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not match {arch} ({first})") from None
     return model.eval()
+
+
+def _metadata_config(path: Path, meta: dict[str, str]) -> dict[str, Any]:
+    """The config JSON object stored in the metadata; anything else is a one-line error."""
+    try:
+        config = json.loads(meta.get(CONFIG_KEY, "{}"))
+    except ValueError:
+        config = None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: '{CONFIG_KEY}' in its metadata is not a JSON object")
+    return config
 
 
 def _build_for_loading(arch: str, config: dict[str, Any]) -> nn.Module:
