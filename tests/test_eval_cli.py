@@ -309,3 +309,15 @@ def test_benchmark_defaults_to_the_held_out_val_photos(tmp_path: Path, monkeypat
     monkeypatch.setenv("DEBLURCLI_DATA", str(tmp_path / "empty"))
     result = runner.invoke(app, ["eval", "--benchmark", "-m", "identity"])
     assert result.exit_code != 0 and "deblur data" in result.stderr
+
+
+def test_a_sampled_pair_that_is_bad_passes_its_turn_to_the_next(dataset: Path) -> None:
+    from deblurcli.evaluation import EvalOptions, evaluate
+
+    # sorts first, so it is the pair the grid would show first
+    write_image(dataset / "sharp" / "a_bad" / "x.png", ImageData(natural_image(30, 30)))
+    write_image(dataset / "blurred" / "a_bad" / "x.png", ImageData(natural_image(32, 30)))
+    result = evaluate(["identity"], dataset, options=EvalOptions(sample=2))
+    assert len(result.problems) == 1 and len({s.image for s in result.images}) == 6
+    assert [s.name for s in result.samples] == ["gaussian/img0.png", "motion/img5.png"]
+    assert result.rows[1].mp_per_s is not None

@@ -382,20 +382,24 @@ def evaluate(
     images: list[ImageScore] = []
     samples: list[SampleImages] = []
     keep = _sample_indices(len(pairs), options.sample)
+    want_sample = False  # a sampled pair that could not be read passes its turn to the next one
     for index, pair in enumerate(pairs):
         if progress:
             progress(index, len(pairs), pair.name)
+        want_sample |= index in keep
         try:
             loaded = _load_pair(pair, options)
         except DeblurError as exc:
             problems.append(str(exc))
             continue
+        warm_up = not images  # the first scored image pays for warm-up
         family = families.get(pair.name)
         base_p, base_s = score(loaded.blurred, loaded.sharp, loaded.gray)
         images.append(ImageScore(pair.name, family, INPUT_KEY, base_p, base_s, 0.0, 0.0))
         kernel = kernels(pair.name) if needs_kernel else None
         sample = None
-        if index in keep:
+        if want_sample:
+            want_sample = False
             sample = SampleImages(pair.name, _hwc(loaded.blurred), _hwc(loaded.sharp), {}, {})
             sample.psnr[INPUT_KEY] = base_p
         megapixels = loaded.blurred.shape[-2] * loaded.blurred.shape[-1] / 1e6
@@ -404,7 +408,7 @@ def evaluate(
             out = c.run(loaded.blurred, kernel)
             c.kernels_used += int(c.non_blind and kernel is not None)
             seconds = time.perf_counter() - start
-            if index > 0 or len(pairs) == 1:  # the first image pays for warm-up
+            if not warm_up or len(pairs) == 1:
                 c.seconds += seconds
                 c.megapixels += megapixels
             p, s = score(out, loaded.sharp, loaded.gray)
