@@ -321,3 +321,22 @@ def test_a_sampled_pair_that_is_bad_passes_its_turn_to_the_next(dataset: Path) -
     assert len(result.problems) == 1 and len({s.image for s in result.images}) == 6
     assert [s.name for s in result.samples] == ["gaussian/img0.png", "motion/img5.png"]
     assert result.rows[1].mp_per_s is not None
+
+
+def test_unusable_report_folder_is_one_line_before_scoring(dataset: Path, tmp_path: Path) -> None:
+    from deblurcli.errors import DeblurError
+    from deblurcli.evaluation import evaluate
+    from deblurcli.evaluation.report import CSV_NAME, write_report
+
+    taken = tmp_path / "a_file"
+    taken.write_text("not a folder")
+    result = runner.invoke(
+        app, ["eval", "-m", "identity", "--data", str(dataset), "--report", str(taken)]
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "a_file" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "deblur eval" not in result.stdout  # failed before scoring: no table printed
+    blocked = tmp_path / "report"
+    (blocked / CSV_NAME).mkdir(parents=True)  # a folder where the CSV belongs
+    with pytest.raises(DeblurError, match="cannot write the report"):
+        write_report(evaluate(["identity"], dataset), blocked)

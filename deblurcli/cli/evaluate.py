@@ -145,6 +145,10 @@ def evaluate(
         limit=limit,
         sample=sample,
     )
+    if report is not None:  # fail before a long scoring run, not after it
+        from deblurcli.evaluation.report import prepare_report_dir
+
+        prepare_report_dir(report)
     models = list(model) if model else [None]
     with Progress(console=err_console, transient=True, disable=not is_tty()) as bar:
         task = bar.add_task("scoring", total=None)

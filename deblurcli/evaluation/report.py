@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
+from deblurcli.errors import DeblurError, UsageError
 from deblurcli.evaluation.runner import INPUT_KEY, EvalResult, SampleImages
 from deblurcli.imageio import atomic_path, atomic_write_bytes
 
@@ -32,15 +33,27 @@ _NAMED_TICKS = 16  # up to this many images, the gain plot names them
 _LABEL_BOX = {"facecolor": "black", "alpha": 0.6, "pad": 2, "edgecolor": "none"}
 
 
+def prepare_report_dir(folder: str | Path) -> Path:
+    """Create ``folder``; one that cannot be made is a usage error (checked before scoring)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--report {folder}: cannot create that folder ({exc.strerror})") from None
+    return folder
+
+
 def write_report(result: EvalResult, folder: str | Path) -> list[Path]:
     """Write the report files into ``folder`` (created); returns their paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = prepare_report_dir(folder)
     paths = [folder / name for name in REPORT_FILES]
-    write_csv(result, paths[0])
-    atomic_write_bytes(paths[1], (result.to_json() + "\n").encode())
-    _save(comparison_figure(result), paths[2])
-    _save(gain_figure(result), paths[3])
+    try:
+        write_csv(result, paths[0])
+        atomic_write_bytes(paths[1], (result.to_json() + "\n").encode())
+        _save(comparison_figure(result), paths[2])
+        _save(gain_figure(result), paths[3])
+    except OSError as exc:
+        raise DeblurError(f"--report {folder}: cannot write the report ({exc})") from None
     return paths
 
 
