@@ -340,3 +340,14 @@ def test_unusable_report_folder_is_one_line_before_scoring(dataset: Path, tmp_pa
     (blocked / CSV_NAME).mkdir(parents=True)  # a folder where the CSV belongs
     with pytest.raises(DeblurError, match="cannot write the report"):
         write_report(evaluate(["identity"], dataset), blocked)
+
+
+def test_unusable_benchmark_cache_is_one_line(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    write_image(photos / "p.png", ImageData(natural_image(40, 40)))
+    taken = tmp_path / "a_file"
+    taken.write_text("not a folder")
+    args = ["--benchmark", "--benchmark-photos", str(photos), "--benchmark-dir", str(taken)]
+    result = runner.invoke(app, ["eval", "-m", "identity", *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "--benchmark-dir" in result.stderr and len(result.stderr.strip().splitlines()) == 1

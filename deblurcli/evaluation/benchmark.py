@@ -133,8 +133,14 @@ def ensure_benchmark(photos: str | Path | None = None, cache: str | Path | None 
     final = root / f"v{VERSION}-{_cache_key(source, files)}"
     if (final / "manifest.jsonl").is_file():
         return final
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    except OSError as exc:
+        raise UsageError(
+            f"{root}: cannot create the benchmark cache there ({exc.strerror}); "
+            "use --benchmark-dir DIR or DEBLURCLI_CACHE"
+        ) from None
     try:
         _build(source, files, tmp)
         try:
