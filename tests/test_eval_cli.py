@@ -351,3 +351,15 @@ def test_unusable_benchmark_cache_is_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", "-m", "identity", *args])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "--benchmark-dir" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_scores_of_an_mps_run_are_computed_in_float64_on_the_cpu() -> None:
+    from deblurcli.evaluation import EvalOptions
+    from deblurcli.evaluation.runner import _Scorer
+
+    score = _Scorer(EvalOptions(), torch.device("mps"))  # MPS has no float64
+    a = torch.from_numpy(natural_image(24, 24).transpose(2, 0, 1).copy())[None]
+    p, s = score(a * 0.9, a, gray=False)
+    ref, out = (t[0].permute(1, 2, 0).double().numpy() for t in (a, a * 0.9))
+    assert p == pytest.approx(peak_signal_noise_ratio(ref, out, data_range=1), abs=1e-9)
+    assert 0 < s < 1

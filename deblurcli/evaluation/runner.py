@@ -313,7 +313,8 @@ def _load_pair(pair: Pair, options: EvalOptions) -> _LoadedPair:
 class _Scorer:
     def __init__(self, options: EvalOptions, device: torch.device) -> None:
         self.options = options
-        self.device = device
+        # metrics run in float64, which MPS does not have: score Apple-GPU results on the CPU
+        self.device = torch.device("cpu") if device.type == "mps" else device
 
     def __call__(self, out: torch.Tensor, ref: torch.Tensor, gray: bool) -> tuple[float, float]:
         out, ref = out.to(self.device), ref.to(self.device)
