@@ -72,3 +72,11 @@ def test_tuning_picks_better_parameters_than_the_defaults() -> None:
         after = np.mean([_psnr(baseline(s.blurred, s.kernel), s.sharp) for s in samples])
         assert after >= before
     assert unsharp_mask(samples[0].sharp, 1.0, 0.0) == pytest.approx(samples[0].sharp, abs=1e-6)
+
+
+def test_wiener_with_a_kernel_wider_than_the_image() -> None:
+    sharp = natural_image(12, 14, seed=5)
+    kernel = motion_kernel(np.random.default_rng(1), size=41)
+    blurred = convolve(sharp, kernel)
+    restored = wiener_deconvolve(blurred, kernel, 1e-3)
+    assert restored.shape == sharp.shape and np.isfinite(restored).all()

@@ -363,3 +363,17 @@ def test_scores_of_an_mps_run_are_computed_in_float64_on_the_cpu() -> None:
     ref, out = (t[0].permute(1, 2, 0).double().numpy() for t in (a, a * 0.9))
     assert p == pytest.approx(peak_signal_noise_ratio(ref, out, data_range=1), abs=1e-9)
     assert 0 < s < 1
+
+
+@pytest.mark.parametrize("bad", [np.zeros((9, 9)), np.ones((3, 9, 9)), np.full((9, 9), np.nan)])
+def test_a_bad_kernel_file_leaves_wiener_passing_the_input_through(
+    dataset: Path, bad: np.ndarray
+) -> None:
+    from deblurcli.evaluation import evaluate
+
+    np.save(dataset / "kernels" / "gaussian" / "img0.png.npy", bad)
+    result = evaluate(["wiener"], dataset)
+    scores = {(s.image, s.model): s for s in result.images}
+    assert scores["gaussian/img0.png", "wiener"].psnr == scores["gaussian/img0.png", "blurry"].psnr
+    assert all(np.isfinite(s.psnr) for s in result.images)
+    assert result.rows[1].note == "true kernel known for 5 of 6 images"

@@ -168,6 +168,11 @@ def wiener_deconvolve(image: np.ndarray, kernel: np.ndarray, balance: float) -> 
     kernel = np.asarray(kernel, np.float64)
     kernel = kernel / kernel.sum()
     mirrored = np.pad(image.astype(np.float64), ((0, h), (0, w), (0, 0)), mode="symmetric")
+    # A kernel wider than the mirrored image (tiny crops) needs a larger FFT: the mirrored
+    # image is periodic, so extending it periodically adds no seams.
+    grow = (max(0, kernel.shape[0] - 2 * h), max(0, kernel.shape[1] - 2 * w))
+    if any(grow):
+        mirrored = np.pad(mirrored, ((0, grow[0]), (0, grow[1]), (0, 0)), mode="wrap")
     otf = _otf(kernel, mirrored.shape[:2])
     gain = np.conj(otf) / (np.abs(otf) ** 2 + balance)
     out = np.empty_like(image, dtype=np.float32)

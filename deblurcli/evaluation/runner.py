@@ -274,10 +274,16 @@ def _kernel_loader(dataset_root: Path | None) -> Callable[[str], np.ndarray | No
 
     def load(name: str) -> np.ndarray | None:
         try:
-            return load_kernel(dataset_root, name)
+            kernel = load_kernel(dataset_root, name)
         except (OSError, ValueError) as exc:
             log.warning("%s: unreadable kernel (%s); wiener leaves it unchanged", name, exc)
             return None
+        if kernel is not None and not (
+            kernel.ndim == 2 and np.isfinite(kernel).all() and kernel.sum() > 0
+        ):
+            log.warning("%s: kernel is not a 2-D blur kernel; wiener leaves it unchanged", name)
+            return None
+        return kernel
 
     return load
 
