@@ -377,3 +377,11 @@ def test_a_bad_kernel_file_leaves_wiener_passing_the_input_through(
     assert scores["gaussian/img0.png", "wiener"].psnr == scores["gaussian/img0.png", "blurry"].psnr
     assert all(np.isfinite(s.psnr) for s in result.images)
     assert result.rows[1].note == "true kernel known for 5 of 6 images"
+
+
+def test_unknown_precision_is_refused_even_with_baselines_only(dataset: Path) -> None:
+    result = runner.invoke(
+        app, ["eval", "-m", "unsharp", "--data", str(dataset), "--precision", "fp8"]
+    )
+    assert result.exit_code == 2 and "unknown precision 'fp8'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -35,6 +35,7 @@ from deblurcli.evaluation.baselines import (
 )
 from deblurcli.imageio import read_image, to_tensor_layout
 from deblurcli.inference import pick_device, restore_tensor
+from deblurcli.inference.device import PRECISIONS
 from deblurcli.metrics import psnr, ssim
 from deblurcli.metrics.ssim import window_size
 from deblurcli.weights import default_model_name, list_pretrained, load_model
@@ -374,6 +375,8 @@ def evaluate(
     options = options or EvalOptions()
     if options.crop_border < 0:
         raise UsageError("--crop-border must be >= 0")
+    if options.precision.lower() not in PRECISIONS:  # checked even when only baselines run
+        raise UsageError(f"unknown precision {options.precision!r}; use {', '.join(PRECISIONS)}")
     scan: PairScan = find_pairs(data, sharp=sharp, blurred=blurred)
     pairs = scan.pairs[: options.limit] if options.limit else scan.pairs
     device = pick_device(options.device or "auto")
