@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+import torch
+
+from deblurcli.metrics import psnr
 
 BASELINES = ("identity", "unsharp", "wiener")
 TUNE_IMAGES = 6
@@ -39,8 +42,8 @@ class Sample:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * np.log10(1.0 / max(mse, 1e-12))
+    """The project's PSNR (:func:`deblurcli.metrics.psnr`) of two same-shape arrays."""
+    return float(psnr(torch.from_numpy(a), torch.from_numpy(b))[0])
 
 
 @dataclass
