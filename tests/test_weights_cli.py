@@ -135,3 +135,11 @@ def test_offline_subprocess_gives_one_line_not_a_traceback(env, tmp_path):
     assert "Traceback" not in proc.stderr
     assert HUB_FILE in proc.stderr and "HF_HUB_OFFLINE" in proc.stderr
     assert env.state.requests == []
+
+
+def test_verify_a_tampered_shipped_file_says_to_reinstall(env, tmp_path):
+    with open(tmp_path / "pretrained" / SHIPPED_FILE, "ab") as f:
+        f.write(b"x")
+    result = runner.invoke(app, ["weights", "verify", "simplecnn"])
+    assert result.exit_code == 1 and "mismatch" in result.stdout
+    assert "reinstall deblurcli" in result.stderr and SHIPPED_FILE in result.stderr

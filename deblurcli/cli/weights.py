@@ -87,10 +87,13 @@ def verify(
         console.print(f"[{color}]{r.status:>8}[/] {r.name}  {where}", highlight=False)
     bad = [r for r in results if r.status == "mismatch"]
     if bad:
+        # a shipped file is never re-downloaded (the package copy wins), so say what does fix it
+        shipped = any(r.path == get_pretrained(r.name).package_path for r in bad)
         fail(
             f"{len(bad)} file(s) do not match the manifest: "
             + ", ".join(f"{r.name} ({r.path})" for r in bad)
             + "; run 'deblur weights download NAME' to fetch them again"
+            + (" (files inside the package: reinstall deblurcli)" if shipped else "")
         )
     if not results:
         console.print(_NONE_YET.format(path=manifest_path()), highlight=False)
