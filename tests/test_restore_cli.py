@@ -327,3 +327,13 @@ def test_decoding_overlaps_compute(tmp_path, monkeypatch):
     ends = [e[2] for e in events if e[0] == "end"]
     assert all(name.startswith("deblur-io") for _, name, _ in reads)
     assert reads[1][2] < ends[0] and reads[2][2] < ends[1]  # decoded during the compute
+
+
+def test_folder_without_images_is_reported(tmp_path, random_ckpt):
+    (tmp_path / "empty").mkdir()
+    _save(tmp_path / "nested" / "sub" / "a.png", _u8(natural_image(16, 16)))
+    for folder in ("empty", "nested"):
+        result = _invoke(tmp_path / folder, "-o", tmp_path / "out", "-m", random_ckpt)
+        assert result.exit_code == 1, result.output
+        assert "no images found" in result.output
+        assert "Traceback" not in result.output

@@ -137,7 +137,11 @@ def plan_jobs(
             continue
         for path in expanded:
             if path.is_dir():
-                for src in find_images(path, recursive=recursive):
+                found = find_images(path, recursive=recursive)
+                if not found:
+                    hint = "" if recursive else " (add --recursive for subfolders)"
+                    problems.append((str(path), f"no images found{hint}"))
+                for src in found:
                     if out_dir is None and sfx and src.stem.endswith(sfx):
                         continue  # our own earlier output
                     if out_dir is not None and out_dir.resolve() in src.resolve().parents:
