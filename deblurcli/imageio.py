@@ -116,10 +116,19 @@ def _decode(path: Path, im: Image.Image) -> ImageData:
         pixels, alpha, depth = _decode_16bit_color(path)
     else:
         pixels, alpha, depth = _decode_pillow(im)
+    if not _icc_fits(meta["icc_profile"], pixels.shape[2]):
+        meta["icc_profile"] = None  # e.g. a CMYK profile no longer describes the RGB pixels
     pixels = _apply_orientation(pixels, orientation)
     if alpha is not None:
         alpha = _apply_orientation(alpha[..., None], orientation)[..., 0]
     return ImageData(pixels=pixels, alpha=alpha, bit_depth=depth, **meta)
+
+
+def _icc_fits(profile: bytes | None, channels: int) -> bool:
+    """Whether an ICC profile's data colour space (header bytes 16–20) matches the pixels."""
+    if not profile:
+        return True
+    return profile[16:20] == (b"GRAY" if channels == 1 else b"RGB ")
 
 
 def _is_16bit_color(im: Image.Image) -> bool:

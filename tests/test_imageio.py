@@ -89,6 +89,17 @@ def test_icc_profile_survives(tmp_path):
     assert Image.open(tmp_path / "b.jpg").info.get("icc_profile") == icc
 
 
+def test_cmyk_profile_is_not_attached_to_rgb_output(tmp_path):
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cmyk_icc = srgb[:16] + b"CMYK" + srgb[20:]  # a profile whose data colour space is CMYK
+    rgb = Image.fromarray(_u8(natural_image(8, 8)))
+    rgb.convert("CMYK").save(tmp_path / "a.jpg", icc_profile=cmyk_icc)
+    img = read_image(tmp_path / "a.jpg")
+    assert img.pixels.shape[2] == 3 and img.icc_profile is None
+    write_image(tmp_path / "b.jpg", img)
+    assert Image.open(tmp_path / "b.jpg").info.get("icc_profile") is None
+
+
 @pytest.mark.parametrize(
     "content,reason", [(b"", "empty file"), (b"not an image at all", "not a readable image")]
 )
