@@ -221,16 +221,7 @@ def _restore_one(
 
     def run(batch: torch.Tensor, group: list[Tile]) -> torch.Tensor:
         if stats:
-            cores = [
-                (
-                    t.ys.core_start - t.ys.start,
-                    t.ys.core_end - t.ys.start,
-                    t.xs.core_start - t.xs.start,
-                    t.xs.core_end - t.xs.start,
-                )
-                for t in group
-            ]
-            stats.set_tiles(cores, (batch.shape[-2], batch.shape[-1]))
+            _set_cores(stats, group)
         return runner(batch)
 
     if not stats:
