@@ -337,3 +337,12 @@ def test_folder_without_images_is_reported(tmp_path, random_ckpt):
         assert result.exit_code == 1, result.output
         assert "no images found" in result.output
         assert "Traceback" not in result.output
+
+
+def test_bad_precision_is_one_usage_error(tmp_path, random_ckpt):
+    for name in ("a", "b"):
+        _save(tmp_path / "in" / f"{name}.png", _u8(natural_image(16, 16)))
+    result = _invoke(tmp_path / "in", "-m", random_ckpt, "--precision", "fp8")
+    assert result.exit_code == 2, result.output
+    assert result.output.count("unknown precision") == 1 and "failed:" not in result.output
+    assert not list((tmp_path / "in").glob("*_deblurred*"))

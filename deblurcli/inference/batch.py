@@ -32,7 +32,7 @@ from deblurcli.imageio import (
     to_tensor_layout,
     write_image,
 )
-from deblurcli.inference.device import pick_device
+from deblurcli.inference.device import pick_device, resolve_precision
 from deblurcli.inference.distributed import rank_and_world, shard
 from deblurcli.inference.engine import restore_tensor
 
@@ -227,6 +227,7 @@ def restore(
         return summary
     net = resolve_model(model)
     dev = pick_device(device)
+    resolve_precision(precision, dev, net)  # a bad --precision is one usage error, not N failures
     engine = dict(
         tile=tile, tile_overlap=tile_overlap, device=dev, precision=precision,
         batch_size=batch_size, progress=reporter.tiles,
