@@ -346,3 +346,15 @@ def test_bad_precision_is_one_usage_error(tmp_path, random_ckpt):
     assert result.exit_code == 2, result.output
     assert result.output.count("unknown precision") == 1 and "failed:" not in result.output
     assert not list((tmp_path / "in").glob("*_deblurred*"))
+
+
+def test_output_folder_equal_to_the_input_folder(tmp_path, random_ckpt):
+    folder = tmp_path / "photos"
+    _save(folder / "a.png", _u8(natural_image(16, 16)))
+    result = _invoke(folder, "-o", folder, "--suffix", "_x", "-m", random_ckpt)
+    assert result.exit_code == 0 and "1 done" in result.output, result.output
+    again = _invoke(folder, "-o", folder, "--suffix", "_x", "-m", random_ckpt)
+    assert "0 done, 1 skipped" in again.output  # its own output is not an input
+    refused = _invoke(folder, "-o", folder, "-m", random_ckpt)
+    assert refused.exit_code == 1 and "would overwrite the input" in refused.output
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_x.png"]

@@ -137,24 +137,39 @@ def plan_jobs(
             continue
         for path in expanded:
             if path.is_dir():
-                found = find_images(path, recursive=recursive)
-                if not found:
-                    hint = "" if recursive else " (add --recursive for subfolders)"
-                    problems.append((str(path), f"no images found{hint}"))
-                for src in found:
-                    if out_dir is None and sfx and src.stem.endswith(sfx):
-                        continue  # our own earlier output
-                    if out_dir is not None and out_dir.resolve() in src.resolve().parents:
-                        continue
-                    rel = src.relative_to(path)
-                    base = out_dir if out_dir is not None else path
-                    jobs.append(Job(src, base / rel.parent / _target_name(src, sfx, fmt)))
+                jobs += _folder_jobs(path, out_dir, sfx, fmt, recursive, problems)
             elif single_file_target:
                 jobs.append(Job(path, out_dir))  # type: ignore[arg-type]
             else:
                 base = out_dir if out_dir is not None else path.parent
                 jobs.append(Job(path, base / _target_name(path, sfx, fmt)))
     return _dedupe(sorted(jobs, key=lambda j: str(j.source)), problems)
+
+
+def _folder_jobs(
+    folder: Path,
+    out_dir: Path | None,
+    sfx: str,
+    fmt: str | None,
+    recursive: bool,
+    problems: list[tuple[str, str]],
+) -> list[Job]:
+    """Jobs for the images in ``folder``, mirrored under ``out_dir`` (or in place)."""
+    found = find_images(folder, recursive=recursive)
+    if not found:
+        hint = "" if recursive else " (add --recursive for subfolders)"
+        problems.append((str(folder), f"no images found{hint}"))
+    base = out_dir if out_dir is not None else folder
+    in_place = base.resolve() == folder.resolve()
+    jobs = []
+    for src in found:
+        if in_place and sfx and src.stem.endswith(sfx):
+            continue  # our own earlier output
+        if not in_place and base.resolve() in src.resolve().parents:
+            continue  # inside an output folder nested in the input folder
+        rel = src.relative_to(folder)
+        jobs.append(Job(src, base / rel.parent / _target_name(src, sfx, fmt)))
+    return jobs
 
 
 def _dedupe(
