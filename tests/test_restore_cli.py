@@ -358,3 +358,25 @@ def test_output_folder_equal_to_the_input_folder(tmp_path, random_ckpt):
     refused = _invoke(folder, "-o", folder, "-m", random_ckpt)
     assert refused.exit_code == 1 and "would overwrite the input" in refused.output
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_x.png"]
+
+
+def test_out_of_memory_decoding_one_file_does_not_stop_the_batch(
+    tmp_path, random_ckpt, monkeypatch
+):
+    from deblurcli import load_model, restore
+    from deblurcli.inference import batch
+
+    for name in ("a", "huge", "z"):
+        _save(tmp_path / "in" / f"{name}.png", _u8(natural_image(16, 16)))
+
+    def read(path):
+        if Path(path).stem == "huge":
+            raise MemoryError
+        return read_image(path)
+
+    monkeypatch.setattr(batch, "read_image", read)
+    summary = restore([tmp_path / "in"], load_model(random_ckpt), tmp_path / "out", tile=0)
+    assert [Path(p).name for p in summary.done] == ["a.png", "z.png"]
+    assert [(Path(p).name, e) for p, e in summary.failed] == [
+        ("huge.png", "out of memory while decoding")
+    ]

@@ -280,8 +280,11 @@ def _one_line(exc: BaseException, path: Path | None = None) -> str:
 
 def _load(path: Path, keep_pixels: bool) -> list[Any]:
     """Decode ``path`` into [metadata, C×H×W tensor] (a list, so the caller can empty it)."""
-    image = read_image(path)
-    tensor = torch.from_numpy(to_tensor_layout(image.pixels))
+    try:
+        image = read_image(path)
+        tensor = torch.from_numpy(to_tensor_layout(image.pixels))
+    except MemoryError:  # one huge image fails alone; the batch goes on
+        raise ImageReadError(f"{path}: out of memory while decoding") from None
     if not keep_pixels:  # the decoded HWC copy is not needed again: free it early
         image = image.with_pixels(np.empty((0, 0, image.pixels.shape[2]), np.float32))
     return [image, tensor]
