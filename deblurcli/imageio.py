@@ -1,9 +1,9 @@
 """Image I/O shared by every command: decode, metadata, atomic encode.
 
 * EXIF orientation is applied on read; the EXIF written back has orientation reset to 1.
-* ICC profile and EXIF are kept (8-bit outputs and 16-bit grayscale).
+* ICC profile and EXIF are kept (all outputs but 16-bit colour TIFF, which OpenCV writes).
 * 8-bit stays 8-bit; 16-bit PNG/TIFF stays 16-bit (colour 16-bit is decoded with OpenCV
-  because Pillow has no 16-bit RGB mode; 16-bit colour outputs carry no ICC/EXIF).
+  because Pillow has no 16-bit RGB mode; ICC/EXIF go into its PNG chunks by hand).
 * RGBA/LA: the colour is processed, alpha is carried through untouched.
 * Grayscale in → grayscale out (pixels have one channel).
 * Writes go to a temporary file in the target folder and are renamed into place, so an
@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -116,10 +118,19 @@ def _decode(path: Path, im: Image.Image) -> ImageData:
         pixels, alpha, depth = _decode_16bit_color(path)
     else:
         pixels, alpha, depth = _decode_pillow(im)
+    if not _icc_fits(meta["icc_profile"], pixels.shape[2]):
+        meta["icc_profile"] = None  # e.g. a CMYK profile no longer describes the RGB pixels
     pixels = _apply_orientation(pixels, orientation)
     if alpha is not None:
         alpha = _apply_orientation(alpha[..., None], orientation)[..., 0]
     return ImageData(pixels=pixels, alpha=alpha, bit_depth=depth, **meta)
+
+
+def _icc_fits(profile: bytes | None, channels: int) -> bool:
+    """Whether an ICC profile's data colour space (header bytes 16–20) matches the pixels."""
+    if not profile:
+        return True
+    return profile[16:20] == (b"GRAY" if channels == 1 else b"RGB ")
 
 
 def _is_16bit_color(im: Image.Image) -> bool:
@@ -200,7 +211,8 @@ def encode_image(
     sixteen = image.bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS
     alpha = image.alpha if fmt in _ALPHA_FORMATS else None
     if sixteen and not image.is_gray:
-        return _encode_16bit_color(image.pixels, alpha, fmt, png_compress_level)
+        data = _encode_16bit_color(image.pixels, alpha, fmt, png_compress_level)
+        return _png_with_metadata(data, image.icc_profile, image.exif) if fmt == "PNG" else data
     im = _to_pillow(image.pixels, alpha, sixteen)
     params: dict[str, object] = {}
     if image.icc_profile:
@@ -248,6 +260,22 @@ def _encode_16bit_color(
     if not ok:
         raise OSError(f"OpenCV could not encode a 16-bit {fmt}")
     return buf.tobytes()
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    body = kind + payload
+    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+
+def _png_with_metadata(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """Insert iCCP/eXIf chunks right after IHDR (OpenCV writes neither; Pillow reads both)."""
+    chunks = b""
+    if icc:
+        chunks += _png_chunk(b"iCCP", b"icc\0\0" + zlib.compress(icc))
+    if exif:
+        chunks += _png_chunk(b"eXIf", exif.removeprefix(b"Exif\0\0"))
+    end_of_ihdr = 8 + 8 + 13 + 4  # signature, IHDR length+type, IHDR data, CRC
+    return png[:end_of_ihdr] + chunks + png[end_of_ihdr:]
 
 
 def write_image(

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from deblurcli.errors import ImageReadError
-from deblurcli.imageio import find_images, read_image, write_image
+from deblurcli.imageio import ImageData, find_images, read_image, write_image
 from tests.conftest import natural_image
 
 
@@ -37,6 +37,22 @@ def test_sixteen_bit_color_png_stays_sixteen_bit(tmp_path):
     write_image(tmp_path / "b.png", img)
     back = cv2.imread(str(tmp_path / "b.png"), cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint16 and np.array_equal(back[..., ::-1], arr)
+
+
+def test_sixteen_bit_color_png_keeps_icc_and_exif(tmp_path):
+    import cv2
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "Camera maker"
+    arr = (natural_image(16, 24) * 65535).astype(np.uint16)
+    img = ImageData(arr / 65535.0, bit_depth=16, icc_profile=icc, exif=exif.tobytes())
+    write_image(tmp_path / "a.png", img)
+    back = read_image(tmp_path / "a.png")
+    assert back.bit_depth == 16 and back.icc_profile == icc
+    assert Image.open(tmp_path / "a.png").getexif()[0x010F] == "Camera maker"
+    decoded = cv2.imread(str(tmp_path / "a.png"), cv2.IMREAD_UNCHANGED)  # libpng checks CRCs
+    assert decoded.dtype == np.uint16 and np.array_equal(decoded[..., ::-1], arr)
 
 
 def test_sixteen_bit_gray_round_trip(tmp_path):
@@ -87,6 +103,17 @@ def test_icc_profile_survives(tmp_path):
     img = read_image(tmp_path / "a.jpg")
     write_image(tmp_path / "b.jpg", img)
     assert Image.open(tmp_path / "b.jpg").info.get("icc_profile") == icc
+
+
+def test_cmyk_profile_is_not_attached_to_rgb_output(tmp_path):
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    cmyk_icc = srgb[:16] + b"CMYK" + srgb[20:]  # a profile whose data colour space is CMYK
+    rgb = Image.fromarray(_u8(natural_image(8, 8)))
+    rgb.convert("CMYK").save(tmp_path / "a.jpg", icc_profile=cmyk_icc)
+    img = read_image(tmp_path / "a.jpg")
+    assert img.pixels.shape[2] == 3 and img.icc_profile is None
+    write_image(tmp_path / "b.jpg", img)
+    assert Image.open(tmp_path / "b.jpg").info.get("icc_profile") is None
 
 
 @pytest.mark.parametrize(

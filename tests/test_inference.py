@@ -228,3 +228,25 @@ def test_resumed_statistics_passes_are_exact(name, photo, monkeypatch):
     from_pixels = restore_tensor(model, photo, tile=128)
     torch.testing.assert_close(resumed, from_pixels, atol=1e-6, rtol=0)
     torch.testing.assert_close(no_cache, from_pixels, atol=1e-6, rtol=0)
+
+
+class _NormOverflows(nn.Module):
+    """A conv whose fp16 output overflows right in front of an InstanceNorm layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1, bias=False)
+        nn.init.dirac_(self.conv.weight)
+        self.conv.weight.data *= 1e5  # > 65504: inf in fp16
+        self.trunk = nn.Sequential(self.conv, nn.InstanceNorm2d(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.05 * self.trunk(x).float()
+
+
+def test_non_finite_half_statistics_fall_back_to_fp32(photo):
+    model = _NormOverflows()
+    whole = restore_tensor(model, photo, tile=0, precision="fp32", device="cpu")
+    tiled = restore_tensor(model, photo, tile=96, precision="fp16", device="cpu")
+    assert torch.isfinite(tiled).all()
+    assert float((tiled - whole).abs().mean()) < 1 / 255

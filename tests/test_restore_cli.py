@@ -327,3 +327,56 @@ def test_decoding_overlaps_compute(tmp_path, monkeypatch):
     ends = [e[2] for e in events if e[0] == "end"]
     assert all(name.startswith("deblur-io") for _, name, _ in reads)
     assert reads[1][2] < ends[0] and reads[2][2] < ends[1]  # decoded during the compute
+
+
+def test_folder_without_images_is_reported(tmp_path, random_ckpt):
+    (tmp_path / "empty").mkdir()
+    _save(tmp_path / "nested" / "sub" / "a.png", _u8(natural_image(16, 16)))
+    for folder in ("empty", "nested"):
+        result = _invoke(tmp_path / folder, "-o", tmp_path / "out", "-m", random_ckpt)
+        assert result.exit_code == 1, result.output
+        assert "no images found" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_bad_precision_is_one_usage_error(tmp_path, random_ckpt):
+    for name in ("a", "b"):
+        _save(tmp_path / "in" / f"{name}.png", _u8(natural_image(16, 16)))
+    result = _invoke(tmp_path / "in", "-m", random_ckpt, "--precision", "fp8")
+    assert result.exit_code == 2, result.output
+    assert result.output.count("unknown precision") == 1 and "failed:" not in result.output
+    assert not list((tmp_path / "in").glob("*_deblurred*"))
+
+
+def test_output_folder_equal_to_the_input_folder(tmp_path, random_ckpt):
+    folder = tmp_path / "photos"
+    _save(folder / "a.png", _u8(natural_image(16, 16)))
+    result = _invoke(folder, "-o", folder, "--suffix", "_x", "-m", random_ckpt)
+    assert result.exit_code == 0 and "1 done" in result.output, result.output
+    again = _invoke(folder, "-o", folder, "--suffix", "_x", "-m", random_ckpt)
+    assert "0 done, 1 skipped" in again.output  # its own output is not an input
+    refused = _invoke(folder, "-o", folder, "-m", random_ckpt)
+    assert refused.exit_code == 1 and "would overwrite the input" in refused.output
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_x.png"]
+
+
+def test_out_of_memory_decoding_one_file_does_not_stop_the_batch(
+    tmp_path, random_ckpt, monkeypatch
+):
+    from deblurcli import load_model, restore
+    from deblurcli.inference import batch
+
+    for name in ("a", "huge", "z"):
+        _save(tmp_path / "in" / f"{name}.png", _u8(natural_image(16, 16)))
+
+    def read(path):
+        if Path(path).stem == "huge":
+            raise MemoryError
+        return read_image(path)
+
+    monkeypatch.setattr(batch, "read_image", read)
+    summary = restore([tmp_path / "in"], load_model(random_ckpt), tmp_path / "out", tile=0)
+    assert [Path(p).name for p in summary.done] == ["a.png", "z.png"]
+    assert [(Path(p).name, e) for p, e in summary.failed] == [
+        ("huge.png", "out of memory while decoding")
+    ]

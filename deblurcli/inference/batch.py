@@ -32,7 +32,7 @@ from deblurcli.imageio import (
     to_tensor_layout,
     write_image,
 )
-from deblurcli.inference.device import pick_device
+from deblurcli.inference.device import pick_device, resolve_precision
 from deblurcli.inference.distributed import rank_and_world, shard
 from deblurcli.inference.engine import restore_tensor
 
@@ -137,20 +137,39 @@ def plan_jobs(
             continue
         for path in expanded:
             if path.is_dir():
-                for src in find_images(path, recursive=recursive):
-                    if out_dir is None and sfx and src.stem.endswith(sfx):
-                        continue  # our own earlier output
-                    if out_dir is not None and out_dir.resolve() in src.resolve().parents:
-                        continue
-                    rel = src.relative_to(path)
-                    base = out_dir if out_dir is not None else path
-                    jobs.append(Job(src, base / rel.parent / _target_name(src, sfx, fmt)))
+                jobs += _folder_jobs(path, out_dir, sfx, fmt, recursive, problems)
             elif single_file_target:
                 jobs.append(Job(path, out_dir))  # type: ignore[arg-type]
             else:
                 base = out_dir if out_dir is not None else path.parent
                 jobs.append(Job(path, base / _target_name(path, sfx, fmt)))
     return _dedupe(sorted(jobs, key=lambda j: str(j.source)), problems)
+
+
+def _folder_jobs(
+    folder: Path,
+    out_dir: Path | None,
+    sfx: str,
+    fmt: str | None,
+    recursive: bool,
+    problems: list[tuple[str, str]],
+) -> list[Job]:
+    """Jobs for the images in ``folder``, mirrored under ``out_dir`` (or in place)."""
+    found = find_images(folder, recursive=recursive)
+    if not found:
+        hint = "" if recursive else " (add --recursive for subfolders)"
+        problems.append((str(folder), f"no images found{hint}"))
+    base = out_dir if out_dir is not None else folder
+    in_place = base.resolve() == folder.resolve()
+    jobs = []
+    for src in found:
+        if in_place and sfx and src.stem.endswith(sfx):
+            continue  # our own earlier output
+        if not in_place and base.resolve() in src.resolve().parents:
+            continue  # inside an output folder nested in the input folder
+        rel = src.relative_to(folder)
+        jobs.append(Job(src, base / rel.parent / _target_name(src, sfx, fmt)))
+    return jobs
 
 
 def _dedupe(
@@ -223,6 +242,7 @@ def restore(
         return summary
     net = resolve_model(model)
     dev = pick_device(device)
+    resolve_precision(precision, dev, net)  # a bad --precision is one usage error, not N failures
     engine = dict(
         tile=tile, tile_overlap=tile_overlap, device=dev, precision=precision,
         batch_size=batch_size, progress=reporter.tiles,
@@ -260,8 +280,11 @@ def _one_line(exc: BaseException, path: Path | None = None) -> str:
 
 def _load(path: Path, keep_pixels: bool) -> list[Any]:
     """Decode ``path`` into [metadata, C×H×W tensor] (a list, so the caller can empty it)."""
-    image = read_image(path)
-    tensor = torch.from_numpy(to_tensor_layout(image.pixels))
+    try:
+        image = read_image(path)
+        tensor = torch.from_numpy(to_tensor_layout(image.pixels))
+    except MemoryError:  # one huge image fails alone; the batch goes on
+        raise ImageReadError(f"{path}: out of memory while decoding") from None
     if not keep_pixels:  # the decoded HWC copy is not needed again: free it early
         image = image.with_pixels(np.empty((0, 0, image.pixels.shape[2]), np.float32))
     return [image, tensor]

@@ -221,16 +221,7 @@ def _restore_one(
 
     def run(batch: torch.Tensor, group: list[Tile]) -> torch.Tensor:
         if stats:
-            cores = [
-                (
-                    t.ys.core_start - t.ys.start,
-                    t.ys.core_end - t.ys.start,
-                    t.xs.core_start - t.xs.start,
-                    t.xs.core_end - t.xs.start,
-                )
-                for t in group
-            ]
-            stats.set_tiles(cores, (batch.shape[-2], batch.shape[-1]))
+            _set_cores(stats, group)
         return runner(batch)
 
     if not stats:
@@ -238,6 +229,13 @@ def _restore_one(
     with stats.installed():
         groups = list(batched(tiles, batch_size))
         _resolve_stats(runner, img, groups, stats, run, tick)
+        if runner.dtype is not None and not stats.finite():
+            # Half overflowed in front of a norm layer: NaN statistics would make even the
+            # fp32 fallback of the output pass black, so redo them in fp32.
+            log.warning("non-finite statistics in %s; redoing them in fp32", runner.dtype)
+            runner.dtype = None
+            stats.clear()
+            _resolve_stats(runner, img, groups, stats, run, tick)
         stats.start_pass(collect=False)
         return tiled_forward(run, img, tiles, multiple, batch_size, tick)
 

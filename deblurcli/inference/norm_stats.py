@@ -148,6 +148,10 @@ class InstanceNormStats:
                 return i
         return len(children)
 
+    def finite(self) -> bool:
+        """Whether every fixed mean and variance is finite (half precision can overflow)."""
+        return all(bool(torch.isfinite(torch.cat(s.fixed)).all()) for s in self.states if s.fixed)
+
     def clear(self) -> None:
         for s in self.states:
             s.fixed = None
