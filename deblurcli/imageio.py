@@ -46,6 +46,13 @@ _FORMAT_BY_SUFFIX = {
 _SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF"})
 _ORIENTATION_TAG = 0x0112
+# TIFF tags that describe how the pixels are stored (size, depth, sample format, strips,
+# tiles, compression, predictor...). Pillow's getexif() on a TIFF returns them with the
+# metadata; written back with other pixels they make an unreadable or garbled file.
+_TIFF_LAYOUT_TAGS = frozenset(
+    {256, 257, 258, 259, 262, 266, 273, 277, 278, 279, 284, 317, 320, 322, 323, 324, 325}
+    | {338, 339, 340, 341, 347, 530, 531, 532}
+)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey stripe
 
 
@@ -109,6 +116,8 @@ def _decode(path: Path, im: Image.Image) -> ImageData:
     orientation = int(exif.get(_ORIENTATION_TAG, 1) or 1)
     if _ORIENTATION_TAG in exif:
         exif[_ORIENTATION_TAG] = 1
+    for tag in _TIFF_LAYOUT_TAGS & set(exif):
+        del exif[tag]  # a TIFF's own layout: copied into a new file they corrupt it
     meta = {
         "icc_profile": im.info.get("icc_profile"),
         "exif": exif.tobytes() if len(exif) else None,

@@ -282,6 +282,27 @@ def test_missing_or_empty_source_is_a_usage_error(tmp_path):
         assert result.exit_code == 2 and str(src) in result.stderr
 
 
+def test_an_output_folder_that_cannot_be_made_is_one_line(photos, tmp_path):
+    taken = tmp_path / "a-file"
+    taken.write_text("not a folder")
+    for out in (taken, taken / "sub"):
+        result = _blur(str(photos), "-o", str(out), "-j", "1")
+        assert result.exit_code == 2, result.output
+        assert isinstance(result.exception, SystemExit), result.exception
+        assert len(result.stderr.strip().splitlines()) == 1 and str(out) in result.stderr
+
+
+def test_tiff_layout_tags_are_not_copied_into_the_blurred_tiff(tmp_path):
+    """A float TIFF's SampleFormat tag once made every blurred TIFF unreadable."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    Image.fromarray(natural_image(36, 44, seed=3)[..., 0].astype(np.float32)).save(src / "f.tif")
+    result = _blur(str(src), "-o", str(out), "--kind", "gaussian", "-j", "1")
+    assert result.exit_code == 0, result.output
+    sharp, blurred = read_image(out / "sharp" / "f.tif"), read_image(out / "blurred" / "f.tif")
+    assert blurred.pixels.shape == sharp.pixels.shape == (36, 44, 1)
+
+
 def test_output_inside_the_source_is_not_fed_back(photos):
     out = photos / "dataset"
     opts = DegradeOptions(gaussian_sigma=(1.0, 1.0))

@@ -105,6 +105,22 @@ def test_separable_path_equals_full_filter():
         convolve(image, defocus_kernel(3.0), "separable")
 
 
+def test_separability_check_needs_no_svd(monkeypatch):
+    """An SVD per image cost seconds for a σ = 100 kernel (O(n³)); the check must not need one."""
+
+    def no_svd(*args, **kwargs):
+        raise AssertionError("SVD called")
+
+    monkeypatch.setattr(np.linalg, "svd", no_svd)
+    image = natural_image(40, 48)
+    for kernel in (gaussian_kernel(60.0), gaussian_kernel(2.0, 0.7), linear_motion_kernel(9, 0)):
+        full = convolve(image, kernel, "filter2d")
+        np.testing.assert_allclose(convolve(image, kernel, "separable"), full, atol=1e-5)
+    for kernel in (gaussian_kernel(2.0, 0.7, 30.0), defocus_kernel(3.0)):
+        with pytest.raises(ValueError, match="not separable"):
+            convolve(image, kernel, "separable")
+
+
 def test_defocus_kernel_is_a_round_disk():
     radius = 4.0
     kernel = defocus_kernel(radius)

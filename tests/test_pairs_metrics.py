@@ -31,6 +31,24 @@ def test_blur_layout_pairs_by_relative_path_and_reports_orphans(tmp_path: Path) 
     assert len(scan.problems) == 1 and "only_sharp.png" in scan.problems[0]
 
 
+def test_same_name_with_two_extensions_keeps_both_pairs(tmp_path: Path) -> None:
+    """deblur blur of a folder with a.png and a.jpg writes both; both must pair."""
+    for rel, value in [("a.png", 10), ("a.jpg", 200), ("b.png", 0)]:
+        _png(tmp_path / "sharp" / rel, value)
+        _png(tmp_path / "blurred" / rel, value)
+    scan = find_pairs(tmp_path)
+    assert [p.name for p in scan.pairs] == ["a.jpg", "a.png", "b.png"]
+    assert all(p.sharp.name == p.blurred.name for p in scan.pairs) and not scan.problems
+
+
+def test_ambiguous_extensions_are_reported_not_dropped_silently(tmp_path: Path) -> None:
+    _png(tmp_path / "s" / "x.png")
+    _png(tmp_path / "s" / "x.bmp")
+    _png(tmp_path / "b" / "x.jpg")
+    scan = find_pairs(sharp=tmp_path / "s", blurred=tmp_path / "b")
+    assert len(scan.pairs) == 1 and len(scan.problems) == 1 and "x." in scan.problems[0]
+
+
 def test_two_folders_match_across_extensions(tmp_path: Path) -> None:
     _png(tmp_path / "s" / "x.png")
     _png(tmp_path / "b" / "x.jpg")

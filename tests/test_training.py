@@ -264,6 +264,22 @@ def test_degrade_on_the_fly(tmp_path: Path) -> None:
         train(bad)
 
 
+def test_flat_crops_are_skipped(tmp_path: Path) -> None:
+    """Issue 8: skip flat crops. Half of this photo is clear sky; no crop may come from it."""
+    photo = natural_image(64, 192, seed=4)
+    photo[:, :128] = 0.6
+    write_image(tmp_path / "p" / "sky.png", ImageData(photo))
+    write_image(tmp_path / "b" / "sky.png", ImageData(photo))
+    on_the_fly = ds.PairDataset(ds.sharp_only_examples(tmp_path / "p"), PATCH, degrade="gaussian")
+    pairs = ds.PairDataset(
+        [ds.Example("sky.png", tmp_path / "p" / "sky.png", tmp_path / "b" / "sky.png")], PATCH
+    )
+    for data in (on_the_fly, pairs):
+        for step in range(40):
+            sharp = data[(0, (0, 0, 0, step))][1]
+            assert sharp.std() >= 0.02  # ds.FLAT_CROP_STD
+
+
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(
     pairs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

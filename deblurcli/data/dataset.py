@@ -31,6 +31,9 @@ from deblurcli.imageio import find_images, read_image, to_tensor_layout
 log = logging.getLogger(__name__)
 
 SampleKey = tuple[int, tuple[int, ...]]
+# A training crop whose sharp pixels vary less than this (std, [0, 1] units) counts as flat.
+FLAT_CROP_STD = 0.02
+_CROP_DRAWS = 8
 
 
 @dataclass(frozen=True)
@@ -205,8 +208,7 @@ class PairDataset(Dataset):
         size = self.patch_size
         if self.train:
             arrays = [_pad_to(a, size) for a in arrays]
-            h, w = arrays[0].shape[:2]
-            y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+            y, x = _textured_origin(arrays[-1], size, rng)
         else:  # validation: the centre, never padded (the model pads to its own multiple)
             h, w = arrays[0].shape[:2]
             size = min(size, h, w)
@@ -239,10 +241,33 @@ class PairDataset(Dataset):
         sharp = _pad_to(sharp, big)
         h, w = sharp.shape[:2]
         if self.train:
-            y, x = int(rng.integers(h - big + 1)), int(rng.integers(w - big + 1))
+            y, x = _textured_origin(sharp, big, rng, inset=margin)
         else:
             y, x = (h - big) // 2, (w - big) // 2
         return np.ascontiguousarray(sharp[y : y + big, x : x + big])
+
+
+def _textured_origin(
+    sharp: np.ndarray, size: int, rng: np.random.Generator, inset: int = 0
+) -> tuple[int, int]:
+    """A random crop corner, redrawn (a few times) while the sharp crop is flat.
+
+    ``inset``: a margin of the crop that is cut off later and so does not count.
+
+    Flat crops (clear sky, bokeh, fog) look the same blurred or not and teach nothing; the
+    most textured of the draws is kept when all are flat.
+    """
+    h, w = sharp.shape[:2]
+    best, best_std = (0, 0), -1.0
+    for _ in range(_CROP_DRAWS):
+        y, x = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+        inner = sharp[y + inset : y + size - inset : 2, x + inset : x + size - inset : 2]
+        std = float(inner.std())  # every 2nd pixel is enough to tell
+        if std >= FLAT_CROP_STD:
+            return y, x
+        if std > best_std:
+            best, best_std = (y, x), std
+    return best
 
 
 def _rgb(arr: np.ndarray) -> np.ndarray:

@@ -7,14 +7,14 @@ Three layouts are recognised:
 * GoPro: any folder holding ``blur/`` and ``sharp/`` side by side, found recursively
   (``GOPRO_Large/train/GOPR0372_07_00/{blur,sharp}/000047.png``).
 
-Files are matched by relative path without extension, so ``a/b.png`` pairs with ``a/b.jpg``.
+Files are matched by relative path, then without extension, so ``a/b.png`` pairs with ``a/b.jpg``.
 Unmatched files are reported as problems, never fatal; an empty result is a usage error.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from deblurcli.errors import UsageError
 from deblurcli.imageio import find_images
@@ -38,16 +38,35 @@ class PairScan:
     dataset_root: Path | None = None
 
 
-def _index(folder: Path) -> dict[str, Path]:
-    return {
-        path.relative_to(folder).with_suffix("").as_posix(): path for path in find_images(folder)
-    }
+def _files(folder: Path) -> dict[str, Path]:
+    return {path.relative_to(folder).as_posix(): path for path in find_images(folder)}
+
+
+def _stem(rel: str) -> str:
+    return PurePosixPath(rel).with_suffix("").as_posix()
+
+
+def _by_stem(files: dict[str, Path], scan: PairScan) -> dict[str, Path]:
+    """Index by path without extension; two files that differ only there cannot be paired."""
+    index: dict[str, Path] = {}
+    for rel, path in files.items():
+        key = _stem(rel)
+        if key in index:
+            scan.problems.append(f"{path}: same name as {index[key].name}, cannot tell which pairs")
+        else:
+            index[key] = path
+    return index
 
 
 def match_folders(sharp: Path, blurred: Path, prefix: str = "") -> PairScan:
-    """Pair the images of two folders by relative path (extension ignored)."""
-    sharp_index, blurred_index = _index(sharp), _index(blurred)
+    """Pair the images of two folders by relative path, then by path without extension."""
+    sharp_files, blurred_files = _files(sharp), _files(blurred)
     scan = PairScan()
+    found = {
+        rel: (sharp_files.pop(rel), blurred_files.pop(rel))
+        for rel in set(sharp_files) & set(blurred_files)
+    }
+    sharp_index, blurred_index = _by_stem(sharp_files, scan), _by_stem(blurred_files, scan)
     for key in sorted(sharp_index.keys() | blurred_index.keys()):
         s, b = sharp_index.get(key), blurred_index.get(key)
         if s is None:
@@ -55,8 +74,10 @@ def match_folders(sharp: Path, blurred: Path, prefix: str = "") -> PairScan:
         elif b is None:
             scan.problems.append(f"{s}: no blurred counterpart in {blurred}")
         else:
-            rel = b.relative_to(blurred).as_posix()
-            scan.pairs.append(Pair(name=prefix + rel, sharp=s, blurred=b))
+            found[b.relative_to(blurred).as_posix()] = (s, b)
+    for rel in sorted(found, key=lambda r: (_stem(r), r)):
+        s, b = found[rel]
+        scan.pairs.append(Pair(name=prefix + rel, sharp=s, blurred=b))
     return scan
 
 

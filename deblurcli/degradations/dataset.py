@@ -183,7 +183,7 @@ def synthesize_dataset(
         else:
             jobs.append(_Job(src / rel, rel, out, kind, seed, options, geometry, settings))
 
-    out.mkdir(parents=True, exist_ok=True)
+    _make_output_folder(out, manifest_path)
     _remove_stale_parts(out, {job.rel for job in jobs})
     with open(manifest_path, "a", encoding="utf-8") as log:
         for rel, record, error in _run(jobs, workers):
@@ -215,6 +215,15 @@ def _emit(
     if progress is not None:
         done = s.written + s.skipped + len(s.failed)
         progress(BlurEvent(rel=rel, status=status, done=done, total=s.total, message=message))
+
+
+def _make_output_folder(out: Path, manifest: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(manifest, "a", encoding="utf-8"):
+            pass  # fail here, before any work, when the folder cannot be written
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write the output folder ({exc.strerror})") from None
 
 
 def _manifest_name(shard: tuple[int, int] | None) -> str:
