@@ -187,22 +187,60 @@ def test_dataset_split_and_sampler_shards(pairs: Path) -> None:
     assert [k for k, _ in later] == shards[0][4:]
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc), children of children included."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_cli_kill_and_resume(pairs: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "deblurcli", "train", "--arch", "simplecnn", "--width", "tiny"]
-    cmd += ["--data", str(pairs), "--patch-size", "32", "--batch-size", "2", "--workers", "0"]
+    cmd += ["--data", str(pairs), "--patch-size", "32", "--batch-size", "2", "--workers", "1"]
     cmd += ["--out", str(run), "--steps", "4000", "--ckpt-every", "5", "--val-every", "1000"]
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
+    deadline = time.time() + 90
     while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
+    helpers = _descendants(proc.pid)  # the DataLoader worker (and any multiprocessing server)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    try:  # a killed trainer must not leave its worker processes behind
+        deadline = time.time() + 30
+        while _alive(helpers) and time.time() < deadline:
+            time.sleep(0.5)
+        assert helpers and not _alive(helpers), f"orphaned processes: {_alive(helpers)}"
+    finally:
+        for pid in _alive(helpers):
+            os.kill(pid, signal.SIGKILL)
     assert (run / "model.safetensors").is_file()
     done = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
     again = subprocess.run(
-        cmd[:-6] + ["--steps", str(done + 5), "--resume", "--json"],
+        cmd[:-6] + ["--steps", str(done + 5), "--resume", "--json", "--workers", "0"],
         env=env,
         capture_output=True,
         text=True,

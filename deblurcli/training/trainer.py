@@ -349,9 +349,11 @@ class Trainer:
             persistent_workers=self.cfg.workers > 0,
             prefetch_factor=4 if self.cfg.workers > 0 else None,
             worker_init_fn=_worker_init,
-            # forkserver: a worker forked from a process whose OpenMP/OpenCV thread pools are
-            # running can deadlock on an inherited lock (seen with cv2 in tests).
-            multiprocessing_context="forkserver" if self.cfg.workers > 0 else None,
+            # spawn: a worker forked from a process whose OpenMP/OpenCV thread pools are
+            # running can deadlock on an inherited lock (seen with cv2 in tests). Not
+            # forkserver: its workers are the server's children, so their parent watchdog
+            # misses a killed trainer and they (and the server) linger forever.
+            multiprocessing_context="spawn" if self.cfg.workers > 0 else None,
             # Its own generator: drawing worker seeds from the global RNG would shift the
             # dropout/GP random stream on --resume (samples are seeded by their keys anyway).
             generator=torch.Generator().manual_seed(self.cfg.seed),
