@@ -250,6 +250,25 @@ def test_cli_kill_and_resume(pairs: Path, tmp_path: Path) -> None:
     assert json.loads(again.stdout)["step"] == done + 5
 
 
+def test_cli_resume_checks_the_arch_and_says_when_done(pairs: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deblurcli.cli import app
+
+    args = ["train", "--width", "tiny", "--data", str(pairs), "--patch-size", "32"]
+    args += ["--batch-size", "2", "--steps", "1", "--workers", "0", "--out", str(tmp_path)]
+    first = CliRunner().invoke(app, [*args, "--arch", "transformnet"])
+    assert first.exit_code == 0, first.output
+    # The run is transformnet's: another --arch must not silently train it (or claim to).
+    wrong = CliRunner().invoke(app, [*args, "--arch", "resnetencdec", "--resume"])
+    assert wrong.exit_code == 2 and "resume it with --arch transformnet" in wrong.output
+    assert len(wrong.output.strip().splitlines()) == 1
+    # Resuming a finished run trains nothing and says so (no "loss nan").
+    again = CliRunner().invoke(app, [*args, "--arch", "transformnet", "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "already trained for 1/1 steps" in again.output and "nan" not in again.output
+
+
 def test_cli_bad_patch_size_is_one_line_error(pairs: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

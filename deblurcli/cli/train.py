@@ -117,6 +117,15 @@ def train(
         console.print_json(json.dumps(result.to_json()))
         return
     best = "n/a" if result.best_psnr is None else f"{result.best_psnr:.2f} dB"
+    if result.new_steps == 0:
+        console.print(
+            f"{result.run_dir} already trained for {result.step}/{result.steps} steps "
+            f"(best val PSNR {best}); pass a larger --steps with --resume to go on; "
+            f"model: {result.model_path}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     console.print(
         f"trained {arch} for {result.step}/{result.steps} steps: loss {result.last_loss:.4g}, "
         f"best val PSNR {best}, {result.patches_per_s:.1f} patches/s "

@@ -99,6 +99,7 @@ class TrainResult:
     channels_last: bool
     patches_per_s: float
     problems: list[str] = field(default_factory=list)
+    new_steps: int = 0  # steps taken by this call (0: a resumed run was already complete)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -187,6 +188,11 @@ class Trainer:
     # ---------------------------------------------------------------- setup
     def _merge_saved(self, config: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
         """The saved run's settings, except the ones that may change between sessions."""
+        if saved.get("arch", config.arch) != config.arch:
+            raise UsageError(
+                f"{self.run_dir} holds a {saved['arch']} run; resume it with --arch "
+                f"{saved['arch']} (or choose another --out for {config.arch})"
+            )
         free = {"steps", "stop_after", "workers", "progress", "val_every", "ckpt_every"}
         free |= {"log_every", "resume", "out", "device", "vgg_weights", "cache"}
         data_keys = ("data", "sharp", "blurred", "val")
@@ -552,6 +558,7 @@ class Trainer:
         if self.dist.is_main:
             self._prepare_run_dir()
         end = cfg.steps if cfg.stop_after is None else min(cfg.steps, self.step + cfg.stop_after)
+        start = self.step
         batches = self._loader()
         try:
             last = self._loop(batches, end)
@@ -573,6 +580,7 @@ class Trainer:
             channels_last=self.prec.channels_last,
             patches_per_s=self.rate,
             problems=sorted(set(self.problems)),
+            new_steps=self.step - start,
         )
 
     def _loop(self, batches: Iterator[Any], end: int) -> dict[str, float]:
