@@ -348,6 +348,7 @@ def test_cli_two_folders_val_dir_and_overrides(pairs: Path, tmp_path: Path) -> N
     args = ["train", "--arch", "transformnet", "--width", "tiny", "--config", "n_blocks=2"]
     args += ["--sharp", str(pairs / "sharp"), "--blurred", str(pairs / "blurred")]
     args += ["--val", str(val), "--loss", "mae", "--lr", "3e-4", "--patch-size", "32"]
+    args += ["--schedule", "cosine", "--weight-decay", "0.01", "--grad-clip", "0.5"]
     args += ["--batch-size", "2", "--steps", "2", "--workers", "0", "--out", str(run), "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -355,6 +356,11 @@ def test_cli_two_folders_val_dir_and_overrides(pairs: Path, tmp_path: Path) -> N
     saved = json.loads((run / "config.json").read_text())
     assert saved["recipe"]["losses"] == [{"name": "l1", "weight": 1.0, "layer": None}]
     assert saved["recipe"]["lr"] == 3e-4 and saved["arch_config"]["n_blocks"] == 2
+    assert saved["recipe"]["schedule"] == "cosine" and saved["recipe"]["grad_clip"] == 0.5
+    assert saved["recipe"]["weight_decay"] == 0.01
+    rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    lrs = [float(r[2]) for r in rows if r[1] == "train"]
+    assert lrs and lrs[-1] < 3e-4  # cosine decay really drives the optimiser
     assert "l1=" in (run / "metrics.csv").read_text()
     assert load_model(run).arch_config["n_blocks"] == 2
     # The restore command loads the exported model by path.

@@ -46,6 +46,15 @@ def train(
     loss: str | None = typer.Option(
         None, "--loss", help="Loss terms, e.g. mae or 'mse:1,perceptual@conv4_4:0.1'."
     ),
+    weight_decay: float | None = typer.Option(
+        None, "--weight-decay", min=0.0, help="Weight decay (default: the recipe's)."
+    ),
+    schedule: str | None = typer.Option(
+        None, "--schedule", help="LR schedule: constant, cosine, linear (default: the recipe's)."
+    ),
+    grad_clip: float | None = typer.Option(
+        None, "--grad-clip", min=0.0, help="Gradient-norm clip; 0 turns it off."
+    ),
     no_adversarial: bool = typer.Option(
         False, "--no-adversarial", help="Train GAN recipes without their critic."
     ),
@@ -91,6 +100,9 @@ def train(
         steps=steps,
         lr=lr,
         loss=loss,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        grad_clip=grad_clip,
         adversarial=not no_adversarial,
         n_critic=n_critic,
         width=width,

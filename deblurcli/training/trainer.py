@@ -58,6 +58,9 @@ class TrainConfig:
     steps: int = 1000
     lr: float | None = None
     loss: str | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None  # constant, cosine, linear
+    grad_clip: float | None = None  # 0 turns the recipe's clipping off
     adversarial: bool = True
     n_critic: int | None = None  # critic updates per generator step (GAN recipes)
     width: str = "default"  # "default", "tiny" (the arch's tiny_config)
@@ -159,6 +162,9 @@ class Trainer:
             recipe_for_arch(config.arch),
             loss=config.loss,
             lr=config.lr,
+            weight_decay=config.weight_decay,
+            schedule=config.schedule,
+            grad_clip=config.grad_clip,
             adversarial=None if config.adversarial else False,
             n_critic=config.n_critic,
         )
