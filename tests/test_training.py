@@ -170,6 +170,22 @@ def test_corrupt_files_are_skipped(tmp_path: Path) -> None:
     assert "im1" in text and "im2" in text
 
 
+def test_probe_compares_sizes_after_exif_orientation(tmp_path: Path) -> None:
+    from PIL import Image
+
+    upright = (natural_image(48, 64, seed=4) * 255).astype(np.uint8)  # 48 high, 64 wide
+    blurred = write_image(tmp_path / "blurred.png", ImageData(upright.astype(np.float32) / 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: 64 high, 48 wide; shown (and read) upright
+    sharp = tmp_path / "sharp.jpg"
+    Image.fromarray(np.rot90(upright, 1).copy()).save(sharp, exif=exif.tobytes(), quality=95)
+    example = ds.Example("p", sharp, blurred)
+    good, problems = ds.probe([example])
+    assert good == [example] and not problems
+    b, s, skipped = ds.PairDataset(good, PATCH)[0]  # and the pair really loads
+    assert b.shape == s.shape == (3, PATCH, PATCH) and not skipped
+
+
 def test_dataset_split_and_sampler_shards(pairs: Path) -> None:
     examples = ds.examples_from_pairs(
         [type("P", (), {"name": f"x{i}", "sharp": "s", "blurred": "b"}) for i in range(50)]
