@@ -293,6 +293,12 @@ def test_cli_bad_patch_size_is_one_line_error(pairs: Path, tmp_path: Path) -> No
     args = ["train", "--arch", "resnetencdec", "--width", "tiny", "--data", str(pairs)]
     result = CliRunner().invoke(app, [*args, "--patch-size", "40", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "multiple of 32" in result.output
+    # A --config value of the wrong type: one line, not the builder's TypeError traceback.
+    bad = ["train", "--arch", "transformnet", "--width", "tiny", "--data", str(pairs)]
+    bad += ["--config", "n_blocks=abc", "--out", str(tmp_path / "bad")]
+    result = CliRunner().invoke(app, bad)
+    assert result.exit_code == 2 and "--config n_blocks='abc'" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and result.exception.__class__ is SystemExit
 
 
 def test_torchrun_gloo_two_processes(pairs: Path, tmp_path: Path) -> None:

@@ -121,6 +121,17 @@ def arch_config(config: TrainConfig) -> dict[str, Any]:
     return base
 
 
+def _build(config: TrainConfig) -> nn.Module:
+    """The model to train; a --config value the architecture rejects is a usage error."""
+    try:
+        return create(config.arch, **arch_config(config))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        if not config.arch_config:
+            raise  # the defaults failing is a bug, not the user's doing
+        given = " ".join(f"{k}={v!r}" for k, v in config.arch_config.items())
+        raise UsageError(f"--config {given} does not fit {config.arch}: {exc}") from None
+
+
 class _Outputs(nn.Module):
     """Wraps the model so DDP sees one forward that also returns edge logits (edgenet)."""
 
@@ -170,7 +181,7 @@ class Trainer:
         )
         torch.manual_seed(config.seed)  # identical initial weights (and critic) on every rank
         random.seed(config.seed)
-        self.model = create(config.arch, **arch_config(config)).to(self.device)
+        self.model = _build(config).to(self.device)
         self.multiple = getattr(self.model, "size_multiple", 1)
         if config.patch_size % self.multiple:
             nearest = -(-config.patch_size // self.multiple) * self.multiple
