@@ -299,6 +299,14 @@ def test_cli_bad_patch_size_is_one_line_error(pairs: Path, tmp_path: Path) -> No
     result = CliRunner().invoke(app, bad)
     assert result.exit_code == 2 and "--config n_blocks='abc'" in result.output
     assert len(result.output.strip().splitlines()) == 1 and result.exception.__class__ is SystemExit
+    # Plain photos without --degrade: the error says how to train on them.
+    photos = ["train", "--arch", "transformnet", "--data", str(pairs / "sharp")]
+    result = CliRunner().invoke(app, [*photos, "--out", str(tmp_path / "photos")])
+    assert result.exit_code == 2 and "--degrade" in result.output
+    # --data and --sharp/--blurred together: ambiguous, not one silently ignored.
+    both = [*photos, "--sharp", str(pairs / "sharp"), "--blurred", str(pairs / "blurred")]
+    result = CliRunner().invoke(app, [*both, "--out", str(tmp_path / "both")])
+    assert result.exit_code == 2 and "either a dataset folder or both" in result.output
 
 
 def test_torchrun_gloo_two_processes(pairs: Path, tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from deblurcli.archs import create, create_discriminator, get_spec
 from deblurcli.data import dataset as ds
 from deblurcli.errors import CheckpointError, TrainingDivergedError, UsageError
-from deblurcli.imageio import atomic_path
+from deblurcli.imageio import atomic_path, find_images
 from deblurcli.inference.device import pick_device
 from deblurcli.metrics import psnr
 from deblurcli.training import distributed as dd
@@ -311,9 +311,9 @@ class Trainer:
             from deblurcli.data.pairs import find_pairs
 
             if cfg.sharp is not None or cfg.blurred is not None:
-                scan = find_pairs(sharp=cfg.sharp, blurred=cfg.blurred)
+                scan = find_pairs(cfg.data, sharp=cfg.sharp, blurred=cfg.blurred)
             else:
-                scan = find_pairs(cfg.data)
+                scan = _find_pairs_or_hint(cfg.data)
             self.problems += scan.problems
             examples = ds.examples_from_pairs(scan.pairs)
         examples, bad = ds.probe(examples)
@@ -652,6 +652,23 @@ class Trainer:
         if self.best_psnr is None or value > self.best_psnr:
             self.best_psnr = value
             self._export()
+
+
+def _find_pairs_or_hint(data: Path | None) -> Any:
+    """``find_pairs(data)``; a folder of plain photos gets a pointer to --degrade."""
+    from deblurcli.data.pairs import find_pairs
+
+    if data is None:
+        raise UsageError("give --data DIR, or --sharp DIR and --blurred DIR")
+    try:
+        return find_pairs(data)
+    except UsageError as exc:
+        if data.is_dir() and find_images(data, recursive=False):
+            raise UsageError(
+                f"{exc}; to train on sharp-only images, blur them on the fly with "
+                "--degrade motion|gaussian|mix"
+            ) from None
+        raise
 
 
 def _to_tuple(value: Any) -> Any:
