@@ -299,6 +299,12 @@ def test_cli_bad_patch_size_is_one_line_error(pairs: Path, tmp_path: Path) -> No
     result = CliRunner().invoke(app, bad)
     assert result.exit_code == 2 and "--config n_blocks='abc'" in result.output
     assert len(result.output.strip().splitlines()) == 1 and result.exception.__class__ is SystemExit
+    # --out naming a file (or a path below one): one line, no NotADirectoryError traceback.
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        result = CliRunner().invoke(app, [*args, "--patch-size", "32", "--out", str(out)])
+        assert result.exit_code == 2 and "--out" in result.output, result.output
+        assert result.exception.__class__ is SystemExit
     # Plain photos without --degrade: the error says how to train on them.
     photos = ["train", "--arch", "transformnet", "--data", str(pairs / "sharp")]
     result = CliRunner().invoke(app, [*photos, "--out", str(tmp_path / "photos")])

@@ -152,6 +152,8 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.cfg = config
         self.run_dir = Path(config.out)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise UsageError(f"--out {self.run_dir}: exists and is not a folder")
         self.device = pick_device(config.device)
         self.dist = dd.init(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -624,7 +626,10 @@ class Trainer:
         return last
 
     def _prepare_run_dir(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--out {self.run_dir}: cannot create it ({exc.strerror})") from None
         info = {"config": self.cfg.to_json(), "recipe": dataclasses.asdict(self.recipe)}
         info["arch_config"] = self.model.arch_config
         info["perceptual"], info["precision"] = self.perceptual, self.prec.name
