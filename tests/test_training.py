@@ -147,7 +147,7 @@ def test_missing_vgg_is_warned_and_recorded(pairs: Path, tmp_path: Path, caplog)
     assert "perceptual" not in (tmp_path / "run" / "metrics.csv").read_text()
 
 
-def test_vgg_weights_file_enables_perceptual(pairs: Path, tmp_path: Path) -> None:
+def test_vgg_weights_file_enables_perceptual(pairs: Path, tmp_path: Path, caplog) -> None:
     import torchvision
 
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
@@ -156,6 +156,10 @@ def test_vgg_weights_file_enables_perceptual(pairs: Path, tmp_path: Path) -> Non
     result = train(_config("simplecnn", pairs, tmp_path / "run", steps=2, vgg_weights=weights))
     assert result.perceptual.startswith("vgg19 conv4_4")
     assert "perceptual=" in (tmp_path / "run" / "metrics.csv").read_text()
+    # A recipe without a perceptual term says the file is not used, rather than ignore it.
+    with caplog.at_level("WARNING"):
+        Trainer(_config("transformnet", pairs, tmp_path / "plain", vgg_weights=weights))
+    assert "--vgg-weights ignored" in caplog.text
 
 
 def test_corrupt_files_are_skipped(tmp_path: Path) -> None:

@@ -229,6 +229,11 @@ class Trainer:
         self.vgg = None
         self.perceptual = "not used"
         terms = list(self.recipe.losses)
+        if not names and self.cfg.vgg_weights is not None and self.dist.is_main:
+            log.warning(
+                "--vgg-weights ignored: %s has no perceptual term (add one with --loss)",
+                self.recipe.describe().split(";")[0],
+            )
         if names:
             self.vgg, how = load_vgg19(sorted(set(names)), self.cfg.vgg_weights)
             if self.vgg is None:
