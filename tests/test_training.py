@@ -147,7 +147,7 @@ def test_missing_vgg_is_warned_and_recorded(pairs: Path, tmp_path: Path, caplog)
     assert "perceptual" not in (tmp_path / "run" / "metrics.csv").read_text()
 
 
-def test_vgg_weights_file_enables_perceptual(pairs: Path, tmp_path: Path) -> None:
+def test_vgg_weights_file_enables_perceptual(pairs: Path, tmp_path: Path, caplog) -> None:
     import torchvision
 
     features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
@@ -156,6 +156,10 @@ def test_vgg_weights_file_enables_perceptual(pairs: Path, tmp_path: Path) -> Non
     result = train(_config("simplecnn", pairs, tmp_path / "run", steps=2, vgg_weights=weights))
     assert result.perceptual.startswith("vgg19 conv4_4")
     assert "perceptual=" in (tmp_path / "run" / "metrics.csv").read_text()
+    # A recipe without a perceptual term says the file is not used, rather than ignore it.
+    with caplog.at_level("WARNING"):
+        Trainer(_config("transformnet", pairs, tmp_path / "plain", vgg_weights=weights))
+    assert "--vgg-weights ignored" in caplog.text
 
 
 def test_corrupt_files_are_skipped(tmp_path: Path) -> None:
@@ -168,6 +172,22 @@ def test_corrupt_files_are_skipped(tmp_path: Path) -> None:
     assert result.step == 3
     text = "\n".join(result.problems)
     assert "im1" in text and "im2" in text
+
+
+def test_probe_compares_sizes_after_exif_orientation(tmp_path: Path) -> None:
+    from PIL import Image
+
+    upright = (natural_image(48, 64, seed=4) * 255).astype(np.uint8)  # 48 high, 64 wide
+    blurred = write_image(tmp_path / "blurred.png", ImageData(upright.astype(np.float32) / 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: 64 high, 48 wide; shown (and read) upright
+    sharp = tmp_path / "sharp.jpg"
+    Image.fromarray(np.rot90(upright, 1).copy()).save(sharp, exif=exif.tobytes(), quality=95)
+    example = ds.Example("p", sharp, blurred)
+    good, problems = ds.probe([example])
+    assert good == [example] and not problems
+    b, s, skipped = ds.PairDataset(good, PATCH)[0]  # and the pair really loads
+    assert b.shape == s.shape == (3, PATCH, PATCH) and not skipped
 
 
 def test_dataset_split_and_sampler_shards(pairs: Path) -> None:
@@ -187,22 +207,60 @@ def test_dataset_split_and_sampler_shards(pairs: Path) -> None:
     assert [k for k, _ in later] == shards[0][4:]
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc), children of children included."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_cli_kill_and_resume(pairs: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "deblurcli", "train", "--arch", "simplecnn", "--width", "tiny"]
-    cmd += ["--data", str(pairs), "--patch-size", "32", "--batch-size", "2", "--workers", "0"]
+    cmd += ["--data", str(pairs), "--patch-size", "32", "--batch-size", "2", "--workers", "1"]
     cmd += ["--out", str(run), "--steps", "4000", "--ckpt-every", "5", "--val-every", "1000"]
     env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
+    deadline = time.time() + 90
     while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
+    helpers = _descendants(proc.pid)  # the DataLoader worker (and any multiprocessing server)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    try:  # a killed trainer must not leave its worker processes behind
+        deadline = time.time() + 30
+        while _alive(helpers) and time.time() < deadline:
+            time.sleep(0.5)
+        assert helpers and not _alive(helpers), f"orphaned processes: {_alive(helpers)}"
+    finally:
+        for pid in _alive(helpers):
+            os.kill(pid, signal.SIGKILL)
     assert (run / "model.safetensors").is_file()
     done = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
     again = subprocess.run(
-        cmd[:-6] + ["--steps", str(done + 5), "--resume", "--json"],
+        cmd[:-6] + ["--steps", str(done + 5), "--resume", "--json", "--workers", "0"],
         env=env,
         capture_output=True,
         text=True,
@@ -210,6 +268,25 @@ def test_cli_kill_and_resume(pairs: Path, tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["step"] == done + 5
+
+
+def test_cli_resume_checks_the_arch_and_says_when_done(pairs: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deblurcli.cli import app
+
+    args = ["train", "--width", "tiny", "--data", str(pairs), "--patch-size", "32"]
+    args += ["--batch-size", "2", "--steps", "1", "--workers", "0", "--out", str(tmp_path)]
+    first = CliRunner().invoke(app, [*args, "--arch", "transformnet"])
+    assert first.exit_code == 0, first.output
+    # The run is transformnet's: another --arch must not silently train it (or claim to).
+    wrong = CliRunner().invoke(app, [*args, "--arch", "resnetencdec", "--resume"])
+    assert wrong.exit_code == 2 and "resume it with --arch transformnet" in wrong.output
+    assert len(wrong.output.strip().splitlines()) == 1
+    # Resuming a finished run trains nothing and says so (no "loss nan").
+    again = CliRunner().invoke(app, [*args, "--arch", "transformnet", "--resume"])
+    assert again.exit_code == 0, again.output
+    assert "already trained for 1/1 steps" in again.output and "nan" not in again.output
 
 
 def test_cli_bad_patch_size_is_one_line_error(pairs: Path, tmp_path: Path) -> None:
@@ -220,6 +297,26 @@ def test_cli_bad_patch_size_is_one_line_error(pairs: Path, tmp_path: Path) -> No
     args = ["train", "--arch", "resnetencdec", "--width", "tiny", "--data", str(pairs)]
     result = CliRunner().invoke(app, [*args, "--patch-size", "40", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "multiple of 32" in result.output
+    # A --config value of the wrong type: one line, not the builder's TypeError traceback.
+    bad = ["train", "--arch", "transformnet", "--width", "tiny", "--data", str(pairs)]
+    bad += ["--config", "n_blocks=abc", "--out", str(tmp_path / "bad")]
+    result = CliRunner().invoke(app, bad)
+    assert result.exit_code == 2 and "--config n_blocks='abc'" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and result.exception.__class__ is SystemExit
+    # --out naming a file (or a path below one): one line, no NotADirectoryError traceback.
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "run"):
+        result = CliRunner().invoke(app, [*args, "--patch-size", "32", "--out", str(out)])
+        assert result.exit_code == 2 and "--out" in result.output, result.output
+        assert result.exception.__class__ is SystemExit
+    # Plain photos without --degrade: the error says how to train on them.
+    photos = ["train", "--arch", "transformnet", "--data", str(pairs / "sharp")]
+    result = CliRunner().invoke(app, [*photos, "--out", str(tmp_path / "photos")])
+    assert result.exit_code == 2 and "--degrade" in result.output
+    # --data and --sharp/--blurred together: ambiguous, not one silently ignored.
+    both = [*photos, "--sharp", str(pairs / "sharp"), "--blurred", str(pairs / "blurred")]
+    result = CliRunner().invoke(app, [*both, "--out", str(tmp_path / "both")])
+    assert result.exit_code == 2 and "either a dataset folder or both" in result.output
 
 
 def test_torchrun_gloo_two_processes(pairs: Path, tmp_path: Path) -> None:
@@ -307,6 +404,7 @@ def test_cli_two_folders_val_dir_and_overrides(pairs: Path, tmp_path: Path) -> N
     args = ["train", "--arch", "transformnet", "--width", "tiny", "--config", "n_blocks=2"]
     args += ["--sharp", str(pairs / "sharp"), "--blurred", str(pairs / "blurred")]
     args += ["--val", str(val), "--loss", "mae", "--lr", "3e-4", "--patch-size", "32"]
+    args += ["--schedule", "cosine", "--weight-decay", "0.01", "--grad-clip", "0.5"]
     args += ["--batch-size", "2", "--steps", "2", "--workers", "0", "--out", str(run), "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -314,6 +412,11 @@ def test_cli_two_folders_val_dir_and_overrides(pairs: Path, tmp_path: Path) -> N
     saved = json.loads((run / "config.json").read_text())
     assert saved["recipe"]["losses"] == [{"name": "l1", "weight": 1.0, "layer": None}]
     assert saved["recipe"]["lr"] == 3e-4 and saved["arch_config"]["n_blocks"] == 2
+    assert saved["recipe"]["schedule"] == "cosine" and saved["recipe"]["grad_clip"] == 0.5
+    assert saved["recipe"]["weight_decay"] == 0.01
+    rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    lrs = [float(r[2]) for r in rows if r[1] == "train"]
+    assert lrs and lrs[-1] < 3e-4  # cosine decay really drives the optimiser
     assert "l1=" in (run / "metrics.csv").read_text()
     assert load_model(run).arch_config["n_blocks"] == 2
     # The restore command loads the exported model by path.

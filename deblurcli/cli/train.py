@@ -46,6 +46,15 @@ def train(
     loss: str | None = typer.Option(
         None, "--loss", help="Loss terms, e.g. mae or 'mse:1,perceptual@conv4_4:0.1'."
     ),
+    weight_decay: float | None = typer.Option(
+        None, "--weight-decay", min=0.0, help="Weight decay (default: the recipe's)."
+    ),
+    schedule: str | None = typer.Option(
+        None, "--schedule", help="LR schedule: constant, cosine, linear (default: the recipe's)."
+    ),
+    grad_clip: float | None = typer.Option(
+        None, "--grad-clip", min=0.0, help="Gradient-norm clip; 0 turns it off."
+    ),
     no_adversarial: bool = typer.Option(
         False, "--no-adversarial", help="Train GAN recipes without their critic."
     ),
@@ -91,6 +100,9 @@ def train(
         steps=steps,
         lr=lr,
         loss=loss,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        grad_clip=grad_clip,
         adversarial=not no_adversarial,
         n_critic=n_critic,
         width=width,
@@ -117,6 +129,15 @@ def train(
         console.print_json(json.dumps(result.to_json()))
         return
     best = "n/a" if result.best_psnr is None else f"{result.best_psnr:.2f} dB"
+    if result.new_steps == 0:
+        console.print(
+            f"{result.run_dir} already trained for {result.step}/{result.steps} steps "
+            f"(best val PSNR {best}); pass a larger --steps with --resume to go on; "
+            f"model: {result.model_path}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     console.print(
         f"trained {arch} for {result.step}/{result.steps} steps: loss {result.last_loss:.4g}, "
         f"best val PSNR {best}, {result.patches_per_s:.1f} patches/s "

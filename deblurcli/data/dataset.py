@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import ExifTags, Image
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from deblurcli.errors import DeblurError, ImageReadError, UsageError
@@ -100,9 +100,12 @@ def probe(examples: Sequence[Example]) -> tuple[list[Example], list[str]]:
 
 
 def _header_size(path: Path) -> tuple[int, int]:
+    """(width, height) as :func:`read_image` will return it, i.e. after EXIF orientation."""
     try:
         with Image.open(path) as im:
-            return im.size
+            w, h = im.size
+            turned = im.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)
+            return (h, w) if turned else (w, h)
     except Exception as exc:  # Pillow raises many types for garbage
         raise ImageReadError(f"{path}: not a readable image ({type(exc).__name__})") from None
 

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from deblurcli.archs import create, create_discriminator, get_spec
 from deblurcli.data import dataset as ds
 from deblurcli.errors import CheckpointError, TrainingDivergedError, UsageError
-from deblurcli.imageio import atomic_path
+from deblurcli.imageio import atomic_path, find_images
 from deblurcli.inference.device import pick_device
 from deblurcli.metrics import psnr
 from deblurcli.training import distributed as dd
@@ -58,6 +58,9 @@ class TrainConfig:
     steps: int = 1000
     lr: float | None = None
     loss: str | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None  # constant, cosine, linear
+    grad_clip: float | None = None  # 0 turns the recipe's clipping off
     adversarial: bool = True
     n_critic: int | None = None  # critic updates per generator step (GAN recipes)
     width: str = "default"  # "default", "tiny" (the arch's tiny_config)
@@ -99,6 +102,7 @@ class TrainResult:
     channels_last: bool
     patches_per_s: float
     problems: list[str] = field(default_factory=list)
+    new_steps: int = 0  # steps taken by this call (0: a resumed run was already complete)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -115,6 +119,17 @@ def arch_config(config: TrainConfig) -> dict[str, Any]:
     if "encoder_weights" in spec.default_config and config.width == "tiny":
         base.setdefault("encoder_weights", None)
     return base
+
+
+def _build(config: TrainConfig) -> nn.Module:
+    """The model to train; a --config value the architecture rejects is a usage error."""
+    try:
+        return create(config.arch, **arch_config(config))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        if not config.arch_config:
+            raise  # the defaults failing is a bug, not the user's doing
+        given = " ".join(f"{k}={v!r}" for k, v in config.arch_config.items())
+        raise UsageError(f"--config {given} does not fit {config.arch}: {exc}") from None
 
 
 class _Outputs(nn.Module):
@@ -137,6 +152,8 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.cfg = config
         self.run_dir = Path(config.out)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise UsageError(f"--out {self.run_dir}: exists and is not a folder")
         self.device = pick_device(config.device)
         self.dist = dd.init(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
@@ -158,12 +175,15 @@ class Trainer:
             recipe_for_arch(config.arch),
             loss=config.loss,
             lr=config.lr,
+            weight_decay=config.weight_decay,
+            schedule=config.schedule,
+            grad_clip=config.grad_clip,
             adversarial=None if config.adversarial else False,
             n_critic=config.n_critic,
         )
         torch.manual_seed(config.seed)  # identical initial weights (and critic) on every rank
         random.seed(config.seed)
-        self.model = create(config.arch, **arch_config(config)).to(self.device)
+        self.model = _build(config).to(self.device)
         self.multiple = getattr(self.model, "size_multiple", 1)
         if config.patch_size % self.multiple:
             nearest = -(-config.patch_size // self.multiple) * self.multiple
@@ -187,6 +207,11 @@ class Trainer:
     # ---------------------------------------------------------------- setup
     def _merge_saved(self, config: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
         """The saved run's settings, except the ones that may change between sessions."""
+        if saved.get("arch", config.arch) != config.arch:
+            raise UsageError(
+                f"{self.run_dir} holds a {saved['arch']} run; resume it with --arch "
+                f"{saved['arch']} (or choose another --out for {config.arch})"
+            )
         free = {"steps", "stop_after", "workers", "progress", "val_every", "ckpt_every"}
         free |= {"log_every", "resume", "out", "device", "vgg_weights", "cache"}
         data_keys = ("data", "sharp", "blurred", "val")
@@ -204,6 +229,11 @@ class Trainer:
         self.vgg = None
         self.perceptual = "not used"
         terms = list(self.recipe.losses)
+        if not names and self.cfg.vgg_weights is not None and self.dist.is_main:
+            log.warning(
+                "--vgg-weights ignored: %s has no perceptual term (add one with --loss)",
+                self.recipe.describe().split(";")[0],
+            )
         if names:
             self.vgg, how = load_vgg19(sorted(set(names)), self.cfg.vgg_weights)
             if self.vgg is None:
@@ -288,9 +318,9 @@ class Trainer:
             from deblurcli.data.pairs import find_pairs
 
             if cfg.sharp is not None or cfg.blurred is not None:
-                scan = find_pairs(sharp=cfg.sharp, blurred=cfg.blurred)
+                scan = find_pairs(cfg.data, sharp=cfg.sharp, blurred=cfg.blurred)
             else:
-                scan = find_pairs(cfg.data)
+                scan = _find_pairs_or_hint(cfg.data)
             self.problems += scan.problems
             examples = ds.examples_from_pairs(scan.pairs)
         examples, bad = ds.probe(examples)
@@ -349,9 +379,11 @@ class Trainer:
             persistent_workers=self.cfg.workers > 0,
             prefetch_factor=4 if self.cfg.workers > 0 else None,
             worker_init_fn=_worker_init,
-            # forkserver: a worker forked from a process whose OpenMP/OpenCV thread pools are
-            # running can deadlock on an inherited lock (seen with cv2 in tests).
-            multiprocessing_context="forkserver" if self.cfg.workers > 0 else None,
+            # spawn: a worker forked from a process whose OpenMP/OpenCV thread pools are
+            # running can deadlock on an inherited lock (seen with cv2 in tests). Not
+            # forkserver: its workers are the server's children, so their parent watchdog
+            # misses a killed trainer and they (and the server) linger forever.
+            multiprocessing_context="spawn" if self.cfg.workers > 0 else None,
             # Its own generator: drawing worker seeds from the global RNG would shift the
             # dropout/GP random stream on --resume (samples are seeded by their keys anyway).
             generator=torch.Generator().manual_seed(self.cfg.seed),
@@ -550,6 +582,7 @@ class Trainer:
         if self.dist.is_main:
             self._prepare_run_dir()
         end = cfg.steps if cfg.stop_after is None else min(cfg.steps, self.step + cfg.stop_after)
+        start = self.step
         batches = self._loader()
         try:
             last = self._loop(batches, end)
@@ -571,6 +604,7 @@ class Trainer:
             channels_last=self.prec.channels_last,
             patches_per_s=self.rate,
             problems=sorted(set(self.problems)),
+            new_steps=self.step - start,
         )
 
     def _loop(self, batches: Iterator[Any], end: int) -> dict[str, float]:
@@ -597,7 +631,10 @@ class Trainer:
         return last
 
     def _prepare_run_dir(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--out {self.run_dir}: cannot create it ({exc.strerror})") from None
         info = {"config": self.cfg.to_json(), "recipe": dataclasses.asdict(self.recipe)}
         info["arch_config"] = self.model.arch_config
         info["perceptual"], info["precision"] = self.perceptual, self.prec.name
@@ -625,6 +662,23 @@ class Trainer:
         if self.best_psnr is None or value > self.best_psnr:
             self.best_psnr = value
             self._export()
+
+
+def _find_pairs_or_hint(data: Path | None) -> Any:
+    """``find_pairs(data)``; a folder of plain photos gets a pointer to --degrade."""
+    from deblurcli.data.pairs import find_pairs
+
+    if data is None:
+        raise UsageError("give --data DIR, or --sharp DIR and --blurred DIR")
+    try:
+        return find_pairs(data)
+    except UsageError as exc:
+        if data.is_dir() and find_images(data, recursive=False):
+            raise UsageError(
+                f"{exc}; to train on sharp-only images, blur them on the fly with "
+                "--degrade motion|gaussian|mix"
+            ) from None
+        raise
 
 
 def _to_tuple(value: Any) -> Any:
