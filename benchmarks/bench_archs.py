@@ -8,22 +8,11 @@ both measured side by side in one run.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import median_seconds
 
 from deblurcli.archs import create, list_archs
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -43,9 +32,9 @@ def main() -> None:
         model = create(name)
         model.eval()
         with torch.inference_mode():
-            base = _median_seconds(lambda m=model: m(x), args.repeats)
+            base = median_seconds(lambda m=model: m(x), args.repeats)
             cl_model = model.to(memory_format=torch.channels_last)
-            cl = _median_seconds(lambda m=cl_model: m(cl_x), args.repeats)
+            cl = median_seconds(lambda m=cl_model: m(cl_x), args.repeats)
         print(f"{name:<14}{mp / base:>12.3f}{mp / cl:>14.3f}{base / cl:>8.2f}")
 
 

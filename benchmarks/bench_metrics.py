@@ -10,27 +10,13 @@ speed-ups over scikit-image, and checks the values agree.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
+from _timing import median_seconds
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from deblurcli.metrics import psnr, ssim
-
-
-def _median_seconds(fn: Callable[[], object], repeats: int, sync: bool = False) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if sync:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _images(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,14 +67,14 @@ def main() -> None:
         f"{args.images} pairs of {args.size}x{args.size} RGB, PSNR + SSIM, float64"
     )
     results = {
-        "scikit-image (loop)": _median_seconds(sk, args.repeats),
-        "torch CPU (loop)": _median_seconds(one_by_one, args.repeats),
-        "torch CPU (batch)": _median_seconds(batched, args.repeats),
+        "scikit-image (loop)": median_seconds(sk, args.repeats),
+        "torch CPU (loop)": median_seconds(one_by_one, args.repeats),
+        "torch CPU (batch)": median_seconds(batched, args.repeats),
     }
     if torch.cuda.is_available():
         ca, cb = ta.cuda(), tb.cuda()
-        results["torch CUDA (batch)"] = _median_seconds(
-            lambda: batched(ca, cb), args.repeats, sync=True
+        results["torch CUDA (batch)"] = median_seconds(
+            lambda: batched(ca, cb), args.repeats, sync=torch.cuda.synchronize
         )
     base = results["scikit-image (loop)"]
     print(f"{'method':<22}{'median s':>10}{'images/s':>10}{'speed-up':>10}")

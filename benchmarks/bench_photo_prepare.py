@@ -11,12 +11,10 @@ much darker it makes fine bright detail, which is why prepare averages light ins
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable
 
 import cv2
 import numpy as np
+from _timing import median_seconds
 from skimage.transform import downscale_local_mean
 
 from deblurcli.data.photo_pool import downscale, linear_to_srgb, srgb_to_linear
@@ -43,15 +41,6 @@ def opencv_srgb_codes(pixels: np.ndarray, factor: int) -> np.ndarray:
     return cv2.resize(pixels[: h * factor, : w * factor], (w, h), interpolation=cv2.INTER_AREA)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller photo, fewer repeats")
@@ -67,10 +56,12 @@ def main() -> None:
         naive = opencv_srgb_codes(pixels, factor)
         assert np.abs(ours - ref).max() < 1e-4, "OpenCV and scikit-image disagree"
         assert np.abs(downscale(codes, factor) - ref).max() < 2e-3, "8-bit path disagrees"
-        t_lut = median_seconds(lambda f=factor: downscale(codes, f), repeats)
-        t_cv = median_seconds(lambda f=factor: downscale(pixels, f), repeats)
-        t_sk = median_seconds(lambda f=factor: skimage_linear(pixels, f), repeats)
-        t_naive = median_seconds(lambda f=factor: opencv_srgb_codes(pixels, f), repeats)
+        t_lut = median_seconds(lambda f=factor: downscale(codes, f), repeats, warmup=False)
+        t_cv = median_seconds(lambda f=factor: downscale(pixels, f), repeats, warmup=False)
+        t_sk = median_seconds(lambda f=factor: skimage_linear(pixels, f), repeats, warmup=False)
+        t_naive = median_seconds(
+            lambda f=factor: opencv_srgb_codes(pixels, f), repeats, warmup=False
+        )
         darker = float((ref - naive).mean() * 255)
         print(
             f"×{factor}: opencv-linear 8-bit {t_lut * 1e3:6.1f} ms, float {t_cv * 1e3:6.1f} ms | "
