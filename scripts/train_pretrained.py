@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import copy
 import fcntl
-import hashlib
 import json
 import os
 import shlex
@@ -268,14 +267,6 @@ def train(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> dict[str
     result["command"] = shown(cmd)
     done.write_text(json.dumps(result, indent=2))
     return result
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_fp16(run: Path, target: Path) -> Path:
@@ -595,6 +586,8 @@ def pipeline(arch: str, plan: dict[str, Any], paths: Paths, args: argparse.Names
     if paths.check_photos is not None:
         info["check"] = evaluate(target, paths.check_photos, paths, log, plan["threads"])
         scores.update(flat_scores(info["check"], "check_"))
+    from deblurcli.weights import sha256_file
+
     paths.docs.mkdir(parents=True, exist_ok=True)
     bench = Path(info["eval"]["settings"]["data"])
     info["picture_source"] = before_after(target, bench, paths.docs / f"{arch}.png")

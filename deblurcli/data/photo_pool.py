@@ -41,6 +41,7 @@ import numpy as np
 
 from deblurcli.errors import DeblurError, PhotoPoolError, UsageError
 from deblurcli.imageio import ImageData, atomic_write_bytes, read_image, write_image
+from deblurcli.weights.resolve import sha256_file
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -234,15 +235,7 @@ def fetch(
 
 
 def _verified(path: Path, sha256: str) -> bool:
-    return path.is_file() and _sha256_file(path) == sha256
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return path.is_file() and sha256_file(path) == sha256
 
 
 def _store(data: bytes, photo: Photo, raw: Path) -> str | None:
