@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 MAX_FILE_BYTES = 30 * 1000 * 1000
 MAX_TOTAL_BYTES = 100 * 1000 * 1000
-_ARCH_KEYS = {"config", "config_null", "steps", "lr", "loss", "adversarial", "n_critic"}
+_ARCH_KEYS = {"config", "config_null", "steps", "lr", "loss", "schedule", "adversarial", "n_critic"}
 _DEFAULT_KEYS = {
     "degrade",
     "patch_size",
@@ -199,7 +199,7 @@ def train_command(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> 
     cmd += ["--precision", plan["precision"], "--workers", "0"]
     if width != "default":  # smoke runs: the arch's tiny config, not the plan's
         cmd += ["--width", width]
-    for key in ("lr", "loss", "n_critic"):
+    for key in ("lr", "loss", "schedule", "n_critic"):
         if plan.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(plan[key])]
     if plan.get("adversarial") is False:

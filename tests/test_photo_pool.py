@@ -425,6 +425,26 @@ def test_shipped_list_uses_only_the_issue_sources():
     )
 
 
+def test_check_list_is_apart_from_the_training_pool():
+    check, training = pp.load_pool("check"), pp.load_pool("training")
+    assert not set(check.sources) & set(training.sources)
+    assert not {p.sha256 for p in check.photos} & {p.sha256 for p in training.photos}
+    assert not {p.name for p in check.photos} & {p.name for p in training.photos}
+    assert len(check.photos) >= 8 and all(p.split == "val" for p in check.photos)
+    assert pp.load_pool() == training
+
+
+def test_cli_pool_option_takes_a_bundled_name_or_a_file(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "list", "--root", str(tmp_path), "--pool", "check"])
+    assert result.exit_code == 0, result.output
+    assert "lomiri-wine" in result.output and "plasma" not in result.output
+    missing = tmp_path / "nope.toml"
+    result = runner.invoke(app, ["data", "list", "--root", str(tmp_path), "--pool", str(missing)])
+    assert result.exit_code == 1
+    assert "cannot read the photo list" in result.output and "Traceback" not in result.output
+
+
 def test_cli_fetch_list_prepare(tmp_path, pool, sources):
     root = str(tmp_path / "root")
     common = ["--root", root, "--pool", str(pool)]

