@@ -5,6 +5,10 @@ A 512×384 crop of the photo pool's *validation* photo ``palapeli-european-honey
 ``deblurcli.degradations`` at a fixed seed, so the file is reproducible byte for byte.
 The crop is blurred with a margin of real context around it, then the margin is cut off.
 Needs the photo pool: ``deblur data fetch && deblur data prepare``.
+
+``--before-after [MODEL]`` instead restores ``examples/blurry.png`` with MODEL (default: the
+default pretrained model) and writes ``examples/before_after.png`` for the README: the same
+256×256 region of the blurry input, the restored photo and the sharp original, side by side.
 """
 
 from __future__ import annotations
@@ -40,11 +44,54 @@ def make_example(photo: Path, out: Path) -> dict[str, object]:
     return {"photo": photo.name, "box": BOX, "seed": SEED, "length": LENGTH, "kernel": 31}
 
 
+PANEL = (128, 64, 256, 256)  # left, top, width, height of the before/after region
+GAP = 8
+
+
+def before_after(folder: Path, model: str | None = None) -> dict[str, object]:
+    """Write ``before_after.png`` (blurry | restored | sharp) under ``folder``; PSNRs."""
+    import torch
+
+    from deblurcli import load_model, psnr, restore_tensor
+
+    blurry = read_image(folder / "blurry.png").pixels[..., :3]
+    sharp = read_image(folder / "sharp.png").pixels[..., :3]
+    x = torch.from_numpy(np.ascontiguousarray(blurry.transpose(2, 0, 1)))[None].float()
+    restored = restore_tensor(load_model(model), x, device="cpu")[0].numpy().transpose(1, 2, 0)
+    left, top, w, h = PANEL
+    panels = [a[top : top + h, left : left + w] for a in (blurry, restored, sharp)]
+    gap = np.ones((h, GAP, 3), np.float32)
+    strip = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+    write_image(folder / "before_after.png", ImageData(strip.astype(np.float32), bit_depth=8))
+    return {
+        "model": model or "default",
+        "blurry_psnr": round(_psnr(blurry, sharp, psnr), 2),
+        "restored_psnr": round(_psnr(restored, sharp, psnr), 2),
+    }
+
+
+def _psnr(a: np.ndarray, b: np.ndarray, psnr) -> float:
+    import torch
+
+    as_tensor = (torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None] for x in (a, b))
+    return float(psnr(*as_tensor))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, help="folder of val photos [pool's val split]")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--before-after",
+        nargs="?",
+        const="",
+        metavar="MODEL",
+        help="write before_after.png with MODEL [the default pretrained model]",
+    )
     args = parser.parse_args()
+    if args.before_after is not None:
+        print(json.dumps(before_after(args.out, args.before_after or None)))
+        return
     folder = args.photos or split_dir("val")
     print(json.dumps(make_example(folder / PHOTO, args.out)))
 

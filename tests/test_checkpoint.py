@@ -13,6 +13,7 @@ from deblurcli import load_model
 from deblurcli.archs import create, get_spec
 from deblurcli.errors import CheckpointError
 from deblurcli.weights import load_checkpoint, read_metadata, save_checkpoint
+from tests._weights_helpers import write_manifest
 
 
 @pytest.mark.parametrize("half", [False, True])
@@ -45,7 +46,10 @@ def test_truncated_file_is_a_clear_error(tmp_path):
         load_checkpoint(path)
 
 
-def test_missing_path_is_a_clear_error(tmp_path):
+def test_missing_path_is_a_clear_error(tmp_path, monkeypatch):
+    with pytest.raises(CheckpointError, match="nope.safetensors: no such checkpoint file"):
+        load_model(tmp_path / "nope.safetensors")
+    monkeypatch.setenv("DEBLURCLI_MANIFEST", str(write_manifest(tmp_path / "e.toml", [])))
     with pytest.raises(CheckpointError, match="no pretrained weights are available yet"):
         load_model(tmp_path / "nope.safetensors")
 

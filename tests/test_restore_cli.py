@@ -21,6 +21,7 @@ from deblurcli.archs import create, get_spec
 from deblurcli.cli import app
 from deblurcli.imageio import is_partial_file, read_image
 from deblurcli.weights import save_checkpoint
+from tests._weights_helpers import write_manifest
 from tests.conftest import natural_image
 
 runner = CliRunner()
@@ -61,13 +62,15 @@ def _invoke(*args: str):
     return runner.invoke(app, ["restore", *map(str, args)])
 
 
-def test_without_weights_it_refuses_clearly(tmp_path):
+def test_without_weights_it_refuses_clearly(tmp_path, monkeypatch):
+    empty = write_manifest(tmp_path / "manifest" / "empty.toml", [])
+    monkeypatch.setenv("DEBLURCLI_MANIFEST", str(empty))
     src = _save(tmp_path / "a.png", _u8(natural_image(16, 16)))
     result = _invoke(src)
     assert result.exit_code != 0
     assert "no pretrained weights are available yet" in result.output
     assert "Traceback" not in result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "manifest"]
 
 
 def test_single_file_is_written_next_to_the_input(tmp_path, random_ckpt):
@@ -87,6 +90,7 @@ def test_folder_mirrors_structure_and_resumes(tmp_path, random_ckpt):
     args = (tmp_path / "in", "-r", "-o", tmp_path / "out", "--model", random_ckpt, "--json")
     first = json.loads(_invoke(*args).output)
     assert len(first["done"]) == 3 and first["failed"] == [] and first["megapixels"] > 0
+    assert first["model"] == str(random_ckpt)
     outs = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*"))
     assert [o for o in outs if "." in o] == ["a.png", "sub/b.jpg", "sub/deeper/c.png"]
     stamp = (tmp_path / "out/a.png").stat().st_mtime_ns

@@ -49,7 +49,8 @@ def _print_summary(summary: RestoreSummary) -> None:
     console.print(
         f"{rank}{len(summary.done)} done, {len(summary.skipped)} skipped, "
         f"{len(summary.failed)} failed; {summary.megapixels:.2f} MP in {summary.seconds:.1f} s "
-        f"({summary.megapixels_per_second:.3f} MP/s)",
+        f"({summary.megapixels_per_second:.3f} MP/s)"
+        + (f" with {summary.model}" if summary.model else ""),
         highlight=False,
     )
 

@@ -53,6 +53,7 @@ class RestoreSummary:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    model: str = ""  # what restored them: the name or path asked for, or the default's name
     megapixels: float = 0.0
     seconds: float = 0.0
     rank: int = 0
@@ -90,6 +91,17 @@ def resolve_model(value: nn.Module | str | os.PathLike[str] | None) -> nn.Module
     from deblurcli.weights.resolve import load_model
 
     return load_model(value)
+
+
+def model_label(value: nn.Module | str | os.PathLike[str] | None, net: nn.Module) -> str:
+    """How to name the model in a summary: what was asked for, or the default model's name."""
+    if value is None:
+        from deblurcli.weights import default_model_name
+
+        return default_model_name() or "default"
+    if isinstance(value, nn.Module):
+        return str(getattr(value, "arch_name", type(value).__name__))
+    return str(value)
 
 
 def _expand(value: str | os.PathLike[str]) -> list[Path] | None:
@@ -241,6 +253,7 @@ def restore(
     if not todo:
         return summary
     net = resolve_model(model)
+    summary.model = model_label(model, net)
     dev = pick_device(device)
     resolve_precision(precision, dev, net)  # a bad --precision is one usage error, not N failures
     engine = dict(
