@@ -506,7 +506,14 @@ def model_card(
         entry["recipe"],
         "```",
         "",
-        f"## Benchmark (`deblur eval --benchmark`, {entry.get('benchmark', '')})",
+        "Reproduce it (the photo pool, then this model's part of the plan):",
+        "",
+        "```bash",
+        "deblur data fetch && deblur data prepare",
+        f"python scripts/train_pretrained.py --arch {arch}",
+        "```",
+        "",
+        f"## Benchmark ({entry.get('benchmark', '`deblur eval --benchmark`')})",
         "",
         *_score_table(info["eval"]),
         "",
@@ -514,6 +521,10 @@ def model_card(
     if info.get("check") is not None:
         lines += [
             "## Independent check (photos kept apart from the pool)",
+            "",
+            "The same benchmark rule on photos from another source and other photographers, "
+            "never used for training or checkpoint selection (`deblur data fetch --pool check`;"
+            " list in `deblurcli/data/check_photos.toml`).",
             "",
             *_score_table(info["check"]),
             "",
@@ -557,7 +568,6 @@ def dataset_text(paths: Paths, plan: dict[str, Any]) -> str:
 def pipeline(arch: str, plan: dict[str, Any], paths: Paths, args: argparse.Namespace) -> Outcome:
     """Train, export and evaluate one arch (cards and manifest are written by the caller)."""
     from deblurcli.archs import count_parameters, get_spec
-    from deblurcli.training.recipes import recipe_for_arch
     from deblurcli.weights import load_model
 
     out = Outcome(arch)
@@ -574,8 +584,7 @@ def pipeline(arch: str, plan: dict[str, Any], paths: Paths, args: argparse.Names
         "arch_config": dict(model.arch_config),
         "default_config": get_spec(arch).default_config,
         "params": count_parameters(model),
-        "recipe": recipe_for_arch(arch).describe()
-        + ("" if plan.get("adversarial", True) else "; adversarial term off (--no-adversarial)"),
+        "recipe": run_recipe(run),
         "step": trained["step"],
         "precision": trained["precision"],
         "patches_per_s": trained["patches_per_s"],
@@ -610,6 +619,23 @@ def pipeline(arch: str, plan: dict[str, Any], paths: Paths, args: argparse.Names
     }
     out.info = info
     return out
+
+
+def run_recipe(run: Path) -> str:
+    """The recipe the run really trained with: its saved recipe, overrides and fallbacks."""
+    from deblurcli.training.recipes import Adversarial, LossTerm, Recipe
+    from deblurcli.weights.checkpoint import read_metadata
+
+    saved = json.loads((run / "config.json").read_text(encoding="utf-8"))["recipe"]
+    saved["losses"] = tuple(LossTerm(**t) for t in saved["losses"])
+    saved["betas"] = tuple(saved["betas"])
+    if saved.get("adversarial"):
+        saved["adversarial"] = Adversarial(**saved["adversarial"])
+    text = Recipe(**saved).describe()
+    if read_metadata(run / "model.safetensors").get("perceptual") == "dropped":
+        fallback = saved.get("perceptual_fallback")
+        text += f"; no VGG19 weights: perceptual term {f'→ {fallback}' if fallback else 'dropped'}"
+    return text
 
 
 def pick_default(choice: str | None, done: list[Outcome], manifest: Path) -> str | None:
@@ -649,9 +675,9 @@ def summary_table(done: list[Outcome], default: str | None) -> str:
     ]
     for o in done:
         s = o.entry["scores"]
-        cells = [f"{s[c]:+.2f}" if c in s and "gain" in c else f"{s.get(c, 0):.3f}" for c in cols]
-        if "check_psnr_gain" not in s:
-            cells[4] = "-"
+        cells = [
+            "-" if c not in s else f"{s[c]:+.2f}" if "gain" in c else f"{s[c]:.3f}" for c in cols
+        ]
         passed = sum(o.bars.values())
         name = o.arch + (" (default)" if o.arch == default else "")
         lines.append(

@@ -115,7 +115,9 @@ def _photo_pool(root: Path) -> tuple[Path, Path, Path]:
 
 
 def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    # An empty torch hub: no VGG19 weights, whatever this machine has cached.
     env = {**os.environ, "DEBLURCLI_CACHE": str(tmp_path / "cache")}
+    env["TORCH_HOME"] = str(tmp_path / "torch")
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300
     )
@@ -185,6 +187,8 @@ def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
     assert entry.sha256 in card and entry.recipe in card and "Independent check" in card
     assert "The default model" in card and "beats unsharp on motion (default)" in card
     assert "MP/s at 64×48" in card
+    # The recipe the run really used: the plan's lr 5e-4 cosine, VGG19 missing offline.
+    assert "lr 0.0005 cosine" in card and "no VGG19 weights: perceptual term dropped" in card
     strip = read_image(tmp_path / "docs" / "simplecnn.png").pixels
     assert strip.shape[1] == 3 * strip.shape[0] + 8
     summary = (tmp_path / "runs" / "summary.md").read_text(encoding="utf-8")

@@ -70,7 +70,11 @@ class Recipe:
         )
         if self.adversarial:
             terms += f" + {self.adversarial.kind}×{self.adversarial.weight:g}"
-        return f"{terms}; {self.optimizer} lr {self.lr:g}, wd {self.weight_decay:g}"
+        schedule = "" if self.schedule == "constant" else f" {self.schedule}"
+        text = f"{terms}; {self.optimizer} lr {self.lr:g}{schedule}, wd {self.weight_decay:g}"
+        if self.edge_pretrain:
+            text += f"; edge branch alone for the first {self.edge_pretrain:.0%} of the steps"
+        return text
 
 
 RECIPES: dict[str, Recipe] = {
