@@ -53,6 +53,7 @@ def before_after(folder: Path, model: str | None = None) -> dict[str, object]:
     import torch
 
     from deblurcli import load_model, psnr, restore_tensor
+    from deblurcli.weights import default_model_name
 
     blurry = read_image(folder / "blurry.png").pixels[..., :3]
     sharp = read_image(folder / "sharp.png").pixels[..., :3]
@@ -64,7 +65,7 @@ def before_after(folder: Path, model: str | None = None) -> dict[str, object]:
     strip = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
     write_image(folder / "before_after.png", ImageData(strip.astype(np.float32), bit_depth=8))
     return {
-        "model": model or "default",
+        "model": model or default_model_name(),
         "blurry_psnr": round(_psnr(blurry, sharp, psnr), 2),
         "restored_psnr": round(_psnr(restored, sharp, psnr), 2),
     }

@@ -51,6 +51,16 @@ def test_simplecnn_default_parameter_count_is_the_seeds():
     assert default_parameter_count("simplecnn") == 1_331_459
 
 
+def test_simplecnn_logit_residual_starts_at_the_identity():
+    x = torch.rand(1, 3, 24, 24) * 0.99 + 0.005
+    for logit_residual, expected in ((False, torch.sigmoid(x)), (True, x)):
+        model = create("simplecnn", widths=[8] * 6, logit_residual=logit_residual)
+        last = model.features[-1]
+        nn.init.zeros_(last.weight), nn.init.zeros_(last.bias)  # features(x) == 0
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), expected, atol=1e-6, rtol=0)
+
+
 def _conv_params(cin: int, cout: int, k: int) -> int:
     return cin * cout * k * k + cout
 
