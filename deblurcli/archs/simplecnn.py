@@ -9,7 +9,8 @@ CPU training can use a narrower net; the default is the seed's. ``logit_residual
 default; on in the shipped pretrained config) adds the input in logit space,
 ``sigmoid(features + logit(input))``, so an untrained net starts as the identity: with the
 seed's ``sigmoid(features + input)`` it starts as ``sigmoid(input)`` (a grey, low-contrast
-image) and spent a whole short CPU budget learning to undo that (−6 dB after 800 steps).
+image) and spent a whole short CPU budget learning to undo that (after 800 steps still
+1.53 dB below the blurry input on ``deblur eval --benchmark``).
 """
 
 from __future__ import annotations
