@@ -27,7 +27,12 @@ def _parse_config(items: list[str]) -> dict[str, object]:
 
 @friendly_errors
 def train(
-    arch: str = typer.Option(..., "--arch", "-a", help="Architecture to train (deblur models)."),
+    arch: str | None = typer.Option(
+        None,
+        "--arch",
+        "-a",
+        help="Architecture to train (deblur models); --init MODEL's by default.",
+    ),
     data: Path | None = typer.Option(
         None, "--data", "-d", help="Dataset: DIR/sharp + DIR/blurred, GoPro, or sharp images."
     ),
@@ -67,6 +72,14 @@ def train(
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder [runs/ARCH]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help="Fine-tune: start from this model (a name, checkpoint, run folder or hf://...).",
+    ),
+    freeze: list[str] = typer.Option(
+        [], "--freeze", help="Do not train parameters whose names start with this (repeatable)."
+    ),
     vgg_weights: Path | None = typer.Option(
         None, "--vgg-weights", help="VGG19 ImageNet weights (.pth) for perceptual losses."
     ),
@@ -81,6 +94,7 @@ def train(
 ) -> None:
     """Train an architecture (--arch NAME) on sharp/blurred pairs with its paper's recipe.
 
+    --init MODEL fine-tunes a pretrained model instead of starting from random weights.
     Writes RUN/model.safetensors, loadable by 'deblur restore --model' and 'deblur eval'.
     Under 'torchrun --nproc_per_node=N -m deblurcli train ...' it trains with DDP.
     """
@@ -89,7 +103,7 @@ def train(
 
     cfg = TrainConfig(
         arch=arch,
-        out=out or Path("runs") / arch,
+        out=out,
         data=data,
         sharp=sharp,
         blurred=blurred,
@@ -108,6 +122,8 @@ def train(
         width=width,
         arch_config=_parse_config(config),
         resume=resume,
+        init=init,
+        freeze=tuple(freeze),
         vgg_weights=vgg_weights,
         workers=workers,
         device=device,
@@ -138,8 +154,10 @@ def train(
             soft_wrap=True,
         )
         return
+    start = f" from {result.init['model']}" if result.init else ""
     console.print(
-        f"trained {arch} for {result.step}/{result.steps} steps: loss {result.last_loss:.4g}, "
+        f"trained {result.arch}{start} for {result.step}/{result.steps} steps: "
+        f"loss {result.last_loss:.4g}, "
         f"best val PSNR {best}, {result.patches_per_s:.1f} patches/s "
         f"({result.precision}{', channels_last' if result.channels_last else ''}); "
         f"model: {result.model_path}",

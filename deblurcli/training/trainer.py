@@ -4,7 +4,8 @@ A run folder holds ``config.json``, ``metrics.csv``, ``curves.png``, ``model.saf
 (best by validation PSNR; the export ``restore``/``eval`` load), ``last.safetensors`` and
 ``checkpoints/last.pt`` (model, optimisers, scaler, scheduler, RNG and step for an exact
 ``--resume``; plain tensors and numbers, loaded with ``weights_only=True``). Every file is
-written atomically, so a kill never leaves a half-written checkpoint.
+written atomically, so a kill never leaves a half-written checkpoint. ``init`` starts from a
+pretrained model and ``freeze`` keeps parts of it fixed (see :mod:`.warmstart`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ from deblurcli.training.precision import Precision, resolve
 from deblurcli.training.recipes import Recipe, override, recipe_for_arch
 from deblurcli.training.runlog import MetricsLog
 from deblurcli.training.vgg import load_vgg19
+from deblurcli.training.warmstart import (
+    INIT_KEY,
+    InitSource,
+    check_arch,
+    freeze,
+    init_config,
+    load_init,
+    load_init_weights,
+)
 from deblurcli.weights.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -44,10 +54,13 @@ STATE_FILE = "checkpoints/last.pt"
 
 @dataclass
 class TrainConfig:
-    """Everything ``deblur train`` accepts; ``None`` means the recipe's or arch's default."""
+    """Everything ``deblur train`` accepts; ``None`` means the recipe's or arch's default.
 
-    arch: str
-    out: Path
+    ``arch`` may be None with ``init`` (the init model's arch); ``out`` defaults to runs/ARCH.
+    """
+
+    arch: str | None
+    out: Path | None = None
     data: Path | None = None
     sharp: Path | None = None
     blurred: Path | None = None
@@ -67,6 +80,8 @@ class TrainConfig:
     arch_config: dict[str, Any] = field(default_factory=dict)
     critic_config: dict[str, Any] = field(default_factory=dict)  # discriminator kwargs
     resume: bool = False
+    init: str | None = None  # start from this model (anything `restore --model` accepts)
+    freeze: tuple[str, ...] = ()  # parameter-name prefixes that are not trained
     vgg_weights: Path | None = None
     workers: int = 0
     device: str = "auto"
@@ -103,6 +118,8 @@ class TrainResult:
     patches_per_s: float
     problems: list[str] = field(default_factory=list)
     new_steps: int = 0  # steps taken by this call (0: a resumed run was already complete)
+    arch: str = ""
+    init: dict[str, Any] | None = None  # the lineage of a warm-started run
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -110,7 +127,10 @@ class TrainResult:
         return out
 
 
-def arch_config(config: TrainConfig) -> dict[str, Any]:
+def arch_config(config: TrainConfig, init_base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model config of a run; ``init_base``: the config of the model it starts from."""
+    if init_base is not None:
+        return init_config(init_base, config.arch_config)
     spec = get_spec(config.arch)
     if config.width not in ("default", "tiny"):
         raise UsageError(f"--width must be 'default' or 'tiny', not {config.width!r}")
@@ -121,10 +141,10 @@ def arch_config(config: TrainConfig) -> dict[str, Any]:
     return base
 
 
-def _build(config: TrainConfig) -> nn.Module:
+def _build(config: TrainConfig, init_base: dict[str, Any] | None = None) -> nn.Module:
     """The model to train; a --config value the architecture rejects is a usage error."""
     try:
-        return create(config.arch, **arch_config(config))
+        return create(config.arch, **arch_config(config, init_base))
     except (TypeError, ValueError, RuntimeError) as exc:
         if not config.arch_config:
             raise  # the defaults failing is a bug, not the user's doing
@@ -150,6 +170,24 @@ class Trainer:
     """One training run; :func:`train` is the public entry point."""
 
     def __init__(self, config: TrainConfig):
+        source: InitSource | None = None
+        if config.init is not None:
+            if config.resume:
+                raise UsageError(
+                    "--init and --resume are exclusive: --resume continues a run (a run "
+                    "started with --init keeps its weights and lineage), --init starts a new one"
+                )
+            if config.width != "default":
+                raise UsageError(
+                    "--width does not apply with --init: the model's config comes from "
+                    f"{config.init}"
+                )
+            source = load_init(config.init)  # on the CPU; the model moves to the device below
+            config = dataclasses.replace(config, arch=check_arch(source, config.arch, config.init))
+        if config.arch is None and not (config.resume and config.out is not None):
+            raise UsageError("give the architecture to train (--arch NAME) or --init MODEL")
+        if config.out is None:
+            config = dataclasses.replace(config, out=Path("runs") / config.arch)
         self.cfg = config
         self.run_dir = Path(config.out)
         if self.run_dir.exists() and not self.run_dir.is_dir():
@@ -165,9 +203,13 @@ class Trainer:
                 "or choose another --out"
             )
         self.state = self._load_state() if config.resume else None
+        self.lineage = source.lineage if source is not None else None
         if self.state is not None:  # the run's own settings win over a changed command line
             config = self._merge_saved(config, json.loads(self.state["config"]))
             self.cfg = config
+            # The checkpoint wins over the init weights; the lineage goes on being recorded.
+            saved_init = self.state.get("init")
+            self.lineage = json.loads(saved_init) if saved_init else None
         self.prec: Precision = resolve(config.arch, self.device, config.precision)
         if config.channels_last is not None:
             self.prec = dataclasses.replace(self.prec, channels_last=config.channels_last)
@@ -181,9 +223,15 @@ class Trainer:
             adversarial=None if config.adversarial else False,
             n_critic=config.n_critic,
         )
+        if self.lineage is not None:  # the edge branch is trained already
+            self.recipe = dataclasses.replace(self.recipe, edge_pretrain=0.0)
         torch.manual_seed(config.seed)  # identical initial weights (and critic) on every rank
         random.seed(config.seed)
-        self.model = _build(config).to(self.device)
+        model = _build(config, self.lineage["config"] if self.lineage else None)
+        if source is not None:
+            load_init_weights(model, source, config.arch_config)
+        self.frozen = freeze(model, config.freeze)
+        self.model = model.to(self.device)
         self.multiple = getattr(self.model, "size_multiple", 1)
         if config.patch_size % self.multiple:
             nearest = -(-config.patch_size // self.multiple) * self.multiple
@@ -207,7 +255,7 @@ class Trainer:
     # ---------------------------------------------------------------- setup
     def _merge_saved(self, config: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
         """The saved run's settings, except the ones that may change between sessions."""
-        if saved.get("arch", config.arch) != config.arch:
+        if config.arch is not None and saved.get("arch", config.arch) != config.arch:
             raise UsageError(
                 f"{self.run_dir} holds a {saved['arch']} run; resume it with --arch "
                 f"{saved['arch']} (or choose another --out for {config.arch})"
@@ -222,6 +270,8 @@ class Trainer:
         for key in data_keys:
             if isinstance(merged.get(key), str):
                 merged[key] = Path(merged[key])
+        if "freeze" in merged:
+            merged["freeze"] = tuple(merged["freeze"])
         return dataclasses.replace(config, **merged)
 
     def _setup_losses(self) -> None:
@@ -270,9 +320,8 @@ class Trainer:
         self.forward = torch.compile(self.net) if self.cfg.compile else self.net
         r = self.recipe
         opt_cls = torch.optim.AdamW if r.optimizer == "adamw" else torch.optim.Adam
-        self.opt = opt_cls(
-            self.model.parameters(), lr=r.lr, betas=r.betas, weight_decay=r.weight_decay
-        )
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = opt_cls(trainable, lr=r.lr, betas=r.betas, weight_decay=r.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.prec.scaler)
         self.critic = self.critic_opt = None
@@ -441,6 +490,7 @@ class Trainer:
             "rng": rngs,
             "best_psnr": self.best_psnr,
             "config": json.dumps(self.cfg.to_json()),
+            "init": json.dumps(self.lineage) if self.lineage is not None else None,
         }
         # Exports first: the training state is the commit marker of a complete checkpoint.
         save_checkpoint(self.model, self.run_dir / "last.safetensors", metadata=self._meta())
@@ -450,7 +500,7 @@ class Trainer:
             torch.save(state, tmp)
 
     def _meta(self) -> dict[str, str]:
-        return {
+        meta = {
             "deblurcli.recipe": self.recipe.describe(),
             "perceptual": self.perceptual,
             "step": str(self.step),
@@ -458,6 +508,9 @@ class Trainer:
             "precision": self.prec.name,
             "train_config": json.dumps(self.cfg.to_json()),
         }
+        if self.lineage is not None:
+            meta[INIT_KEY] = json.dumps(self.lineage)
+        return meta
 
     def _export(self) -> Path:
         return save_checkpoint(
@@ -526,6 +579,8 @@ class Trainer:
         """One optimisation step on a batch; returns the loss terms as floats."""
         blurred, sharp = self._to_device(batch[0]), self._to_device(batch[1])
         self.net.train()
+        for module in self.frozen:  # frozen batch-norm statistics stay as they are
+            module.eval()
         critic = None
         if self.recipe.adversarial is not None and not self._edge_stage():
             critic = self._critic_steps(blurred, sharp)
@@ -536,6 +591,11 @@ class Trainer:
             raise TrainingDivergedError(
                 f"loss became {float(loss.detach())} at step {self.step + 1} ({detail}); "
                 f"last good checkpoint: {self._last_good()}; try a lower --lr or --precision fp32"
+            )
+        if not loss.requires_grad:
+            raise UsageError(
+                f"at step {self.step + 1} the loss reaches no trainable parameter "
+                f"(--freeze {' '.join(self.cfg.freeze)} froze them all); freeze less"
             )
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -605,6 +665,8 @@ class Trainer:
             patches_per_s=self.rate,
             problems=sorted(set(self.problems)),
             new_steps=self.step - start,
+            arch=cfg.arch,
+            init=self.lineage,
         )
 
     def _loop(self, batches: Iterator[Any], end: int) -> dict[str, float]:
@@ -637,6 +699,8 @@ class Trainer:
             raise UsageError(f"--out {self.run_dir}: cannot create it ({exc.strerror})") from None
         info = {"config": self.cfg.to_json(), "recipe": dataclasses.asdict(self.recipe)}
         info["arch_config"] = self.model.arch_config
+        if self.lineage is not None:
+            info["init"] = self.lineage
         info["perceptual"], info["precision"] = self.perceptual, self.prec.name
         with atomic_path(self.run_dir / "config.json") as tmp:
             tmp.write_text(json.dumps(info, indent=2, default=str))

@@ -239,6 +239,30 @@ def _check_matches_entry(path: Path, model: nn.Module, entry: PretrainedEntry) -
         )
 
 
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model loaded from ``--model`` and where its weights came from."""
+
+    model: nn.Module
+    path: Path
+    entry: PretrainedEntry | None  # the manifest entry, when resolved through the manifest
+
+    def sha256(self) -> str:
+        """The sha256 of the weights file (read again: the file as it is now)."""
+        return sha256_file(self.path)
+
+
+def resolve_model(
+    value: str | os.PathLike[str] | None = None,
+    *,
+    manifest: ManifestLike = None,
+    verify: bool = True,
+) -> ResolvedModel:
+    """Like :func:`load_model` (fp32, eval mode, on the CPU), keeping the file it came from."""
+    path, entry, ref = _resolve(value, manifest, verify)
+    return ResolvedModel(_load(path, entry, ref).eval(), path, entry)
+
+
 def load_model(
     value: str | os.PathLike[str] | None = None,
     *,
@@ -251,5 +275,4 @@ def load_model(
     ``value`` is a manifest name (``arch`` or ``arch.tag``), a local checkpoint path (or run
     folder), or ``hf://owner/repo[/file][@rev]``; None means the manifest's default model.
     """
-    path, entry, ref = _resolve(value, manifest, verify)
-    return _load(path, entry, ref).to(device).eval()
+    return resolve_model(value, manifest=manifest, verify=verify).model.to(device)
