@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:
 MAX_FILE_BYTES = 30 * 1000 * 1000
 MAX_TOTAL_BYTES = 100 * 1000 * 1000
 _ARCH_KEYS = {"config", "config_null", "steps", "lr", "loss", "schedule", "adversarial", "n_critic"}
+_ARCH_KEYS |= {"init"}
 _DEFAULT_KEYS = {
     "degrade",
     "patch_size",
@@ -208,6 +209,8 @@ def train_command(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> 
         cmd += ["--vgg-weights", str(Path(plan["vgg_weights"]).expanduser())]
     if width == "default":
         cmd += config_args(plan["config"])
+        if plan.get("init"):  # fine-tune from these weights (--width tiny would not fit them)
+            cmd += ["--init", str(plan["init"])]
     return deblur_cmd(*cmd, "--json")
 
 
@@ -473,6 +476,20 @@ def _score_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _lineage_lines(lineage: dict[str, Any] | None) -> list[str]:
+    """'initialised from' lines of a fine-tuned model, back to its first ancestor."""
+    lines = []
+    prefix = "- initialised from"
+    while lineage:
+        name = lineage.get("manifest_name") or lineage["model"]
+        lines.append(
+            f"{prefix}: `{name}` ({lineage['arch']}, file `{Path(lineage['file']).name}`, "
+            f"sha256 `{lineage['sha256']}`)"
+        )
+        lineage, prefix = lineage.get("parent"), "  - which was initialised from"
+    return lines
+
+
 def model_card(
     arch: str, entry: dict[str, Any], info: dict[str, Any], picture: str | None, default: bool
 ) -> str:
@@ -497,6 +514,7 @@ def model_card(
         "[docs/dataset.md](../dataset.md) for each photo's licence)",
         f"- training data: {entry['dataset']}",
         f"- recipe: {info['recipe']}",
+        *_lineage_lines(info.get("init")),
         f"- trained: {info['step']} steps, {info['precision']}, "
         f"{info['patches_per_s']:.1f} patches/s",
         "",
@@ -585,6 +603,7 @@ def pipeline(arch: str, plan: dict[str, Any], paths: Paths, args: argparse.Names
         "default_config": get_spec(arch).default_config,
         "params": count_parameters(model),
         "recipe": run_recipe(run),
+        "init": json.loads((run / "config.json").read_text(encoding="utf-8")).get("init"),
         "step": trained["step"],
         "precision": trained["precision"],
         "patches_per_s": trained["patches_per_s"],

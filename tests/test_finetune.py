@@ -100,10 +100,17 @@ def test_init_starts_from_the_models_weights(source: str, pairs: Path, base_run:
     )
 
 
-def test_cli_fine_tune_records_lineage_and_restores(pairs: Path, base_run: Path, tmp_path: Path):
-    out = tmp_path / "ft"
+@pytest.fixture(scope="module")
+def finetuned(pairs: Path, base_run: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``deblur train --init BASE_RUN``: the run folder and the CLI result."""
+    out = tmp_path_factory.mktemp("finetuned") / "run"
     result = _cli("--init", str(base_run), "--arch", "transformnet", *_common(pairs, out), "--json")
     assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_cli_fine_tune_records_lineage_and_restores(finetuned, pairs, base_run, tmp_path):
+    out, result = finetuned
     base_file = base_run / "model.safetensors"
     lineage = json.loads((out / "config.json").read_text())["init"]
     assert lineage["model"] == str(base_run) and lineage["arch"] == "transformnet"
@@ -234,3 +241,41 @@ def test_freeze_keeps_frozen_parameters_byte_identical(
     assert json.loads((tmp_path / "ft" / "config.json").read_text())["config"]["freeze"] == list(
         frozen
     )
+
+
+def _driver():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "train_pretrained.py"
+    spec = importlib.util.spec_from_file_location("train_pretrained", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_card_and_plan_carry_the_init(finetuned, pairs: Path, base_run: Path, tmp_path):
+    tp = _driver()
+    out, _ = finetuned
+    child = Trainer(_config(pairs, tmp_path / "child", init=str(out)))
+    entry = {"name": "transformnet", "description": "d", "file": "transformnet.safetensors"}
+    entry |= {"size": 1000, "sha256": "0" * 64, "license": "MIT", "dataset": "x", "recipe": "r"}
+    info = {"title": "t", "arch_config": {}, "default_config": {}, "params": 1, "recipe": "r"}
+    info |= {"step": 2, "precision": "fp32", "patches_per_s": 1.0, "eval": {"rows": []}}
+    info |= {"bars": {}, "init": child.lineage}
+    card = tp.model_card("transformnet", entry, info, None, False)
+    first = sha256_file(out / "model.safetensors")
+    grand = json.loads((out / "config.json").read_text())["init"]["sha256"]
+    assert (
+        f"- initialised from: `{out}` (transformnet, file `model.safetensors`, sha256 `{first}`)"
+        in card
+    )
+    assert f"  - which was initialised from: `{base_run}` (transformnet" in card
+    assert card.index(first) < card.index(grand)
+    info["init"] = None
+    assert "initialised from" not in tp.model_card("transformnet", entry, info, None, False)
+    # A plan entry with `init` fine-tunes: the command carries --init.
+    plan = {**tp.load_plan()["edgenet"], "init": "edgenet"}
+    paths = tp.Paths(tmp_path, tmp_path, tmp_path / "m.toml", tmp_path, tmp_path, tmp_path)
+    assert "--init edgenet" in tp.shown(tp.train_command("edgenet", plan, paths, "default"))
