@@ -42,7 +42,7 @@ def _no_vgg_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _config(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(arch=None, out=out, data=data, patch_size=PATCH, batch_size=2, steps=2)
+    base = dict(out=out, data=data, patch_size=PATCH, batch_size=2, steps=2)
     base.update(val_every=1, ckpt_every=1, log_every=1, precision="fp32", device="cpu")
     base.update(kw)
     return TrainConfig(**base)

@@ -59,7 +59,7 @@ class TrainConfig:
     ``arch`` may be None with ``init`` (the init model's arch); ``out`` defaults to runs/ARCH.
     """
 
-    arch: str | None
+    arch: str | None = None
     out: Path | None = None
     data: Path | None = None
     sharp: Path | None = None
