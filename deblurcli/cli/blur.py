@@ -77,6 +77,11 @@ def build_options(
             values[name] = parsed
     if motion_length is not None:
         values["linear_length"] = values["motion_length"]
+    if kind == "camera" and (noise_sigma is not None or noise_type != "both"):
+        raise UsageError(
+            "--noise-sigma/--noise-type do not apply to --kind camera, which draws sensor "
+            "noise of its own (see docs/blur.md)"
+        )
     if noise_sigma is not None and kind not in ("noise", "mix"):
         values["noise_prob"] = 1.0  # asked for noise on top of the blur: every image gets it
     values["noise_types"] = ("gaussian", "poisson") if noise_type == "both" else (noise_type,)
@@ -134,9 +139,12 @@ def blur(
     """Synthesize paired sharp/ and blurred/ folders from sharp photos, reproducibly.
 
     Kinds: motion (random camera-shake trajectories, some linear), gaussian, defocus, noise,
-    mix (per image: motion 40%, gaussian 30%, defocus 15%, linear motion 15%, plus noise 30%
-    and JPEG 20% of the time). Every parameter is recorded in OUT/manifest.jsonl and each
-    kernel in OUT/kernels/<path>.npy. Re-running resumes; RGBA images blur RGB, keep alpha.
+    camera (spatially varying handheld shake in linear light, saturated highlights, sensor
+    noise, JPEG), mix (per image: camera 37.5%, motion 25%, gaussian 18.75%, defocus and
+    linear motion 9.4% each; the kernel blurs get noise 30% and JPEG 20% of the time). Every
+    parameter is recorded in OUT/manifest.jsonl and each kernel (for camera: the one at the
+    image centre) in OUT/kernels/<path>.npy. Re-running resumes; RGBA images blur RGB, keep
+    alpha.
     """
     if kind not in KINDS:
         raise UsageError(f"unknown --kind {kind!r}; choose from {', '.join(KINDS)}")

@@ -228,12 +228,9 @@ class PairDataset(Dataset):
         if not self.train:  # validation blur depends only on the image name
             rng = np.random.default_rng(_degradations().image_seed(self.seed, ex.name))
         mod = _degradations()
-        blurred = mod.degrade(region, self.degrade, rng, self.degrade_options).image
+        blurred = mod.degrade(region, self.degrade, rng, self.degrade_options, margin).image
         m = margin
-        blurred, region = (
-            blurred[m : -m or None, m : -m or None],
-            region[m : -m or None, m : -m or None],
-        )
+        region = region[m : -m or None, m : -m or None]
         if blurred.ndim == 2:
             blurred = blurred[..., None]
         arrays = [blurred.astype(np.float32), region]

@@ -8,6 +8,14 @@ Plain functions, usable from Python and by training for on-the-fly degradation::
     result.image, result.kernel, result.record
 """
 
+from deblurcli.degradations.camera import (
+    CameraDraw,
+    CameraShake,
+    apply_camera,
+    draw_camera,
+    linear_to_srgb,
+    srgb_to_linear,
+)
 from deblurcli.degradations.dataset import (
     BlurEvent,
     BlurSummary,
@@ -42,22 +50,28 @@ __all__ = [
     "NOISE_TYPES",
     "BlurEvent",
     "BlurSummary",
+    "CameraDraw",
+    "CameraShake",
     "Degradation",
     "DegradeOptions",
     "Geometry",
     "Trajectory",
     "add_noise",
+    "apply_camera",
     "convolve",
     "defocus_kernel",
     "degrade",
+    "draw_camera",
     "gaussian_kernel",
     "image_seed",
     "jpeg_compress",
     "linear_motion_kernel",
+    "linear_to_srgb",
     "load_kernel",
     "motion_kernel",
     "parse_range",
     "random_trajectory",
+    "srgb_to_linear",
     "synthesize_dataset",
     "trajectory_kernel",
 ]

@@ -8,12 +8,19 @@ Kinds (``KINDS``):
   or (with ``linear_motion_prob``) uniform straight-line motion of ``linear_length`` px.
 * ``defocus``: a uniform disk of radius ``defocus_radius`` px.
 * ``noise``: Gaussian or Poisson noise only, no blur.
-* ``mix``: per image, motion trajectory 40 %, Gaussian 30 %, defocus 15 %, linear motion
-  15 % (``mix_weights``); then noise with probability ``mix_noise_prob`` (30 %) and JPEG with
-  probability ``mix_jpeg_prob`` (20 %, quality from ``jpeg_quality`` or 60–95). Seed 000's
-  half-motion/half-Gaussian CelebA is ``mix_weights={"motion": 0.5, "gaussian": 0.5}``.
+* ``camera``: what a handheld camera does (:mod:`deblurcli.degradations.camera`, after
+  RSBlur): spatially varying shake (3-D rotation + small translation, ``motion_length`` px at
+  the image centre, focal length ``camera_focal`` × the longer side) integrated in linear light
+  with saturated highlights, then Poisson–Gaussian noise (probability ``camera_noise_prob``),
+  the sRGB curve and JPEG (probability ``camera_jpeg_prob``). Its kernel is the one at the
+  image centre.
+* ``mix``: per image, camera 37.5 %, motion trajectory 25 %, Gaussian 18.75 %, defocus
+  9.375 %, linear motion 9.375 % (``mix_weights``); then, for the kernel blurs, noise with
+  probability ``mix_noise_prob`` (30 %) and JPEG with probability ``mix_jpeg_prob`` (20 %,
+  quality from ``jpeg_quality`` or 60–95); ``camera`` brings its own noise and JPEG. Seed
+  000's half-motion/half-Gaussian CelebA is ``mix_weights={"motion": 0.5, "gaussian": 0.5}``.
 
-Noise (``noise_prob``) and JPEG (``jpeg_quality``) can be added on top of any blur kind.
+Noise (``noise_prob``) and JPEG (``jpeg_quality``) can be added on top of any kernel blur kind.
 Every value drawn is kept in ``Degradation.record`` (JSON-able).
 """
 
@@ -27,15 +34,23 @@ from typing import Any
 import numpy as np
 
 from deblurcli.degradations import kernels as K
+from deblurcli.degradations.camera import apply_camera, draw_camera
 from deblurcli.degradations.noise import NOISE_TYPES, add_noise, jpeg_compress, poisson_peak
 
-KINDS = ("gaussian", "motion", "defocus", "noise", "mix")
-BLURS = ("motion", "gaussian", "defocus", "linear_motion")
+KINDS = ("gaussian", "motion", "defocus", "noise", "camera", "mix")
+BLURS = ("motion", "gaussian", "defocus", "linear_motion", "camera")
 MIX_JPEG_QUALITY = (60, 95)
 
 
 def _default_mix() -> dict[str, float]:
-    return {"motion": 0.40, "gaussian": 0.30, "defocus": 0.15, "linear_motion": 0.15}
+    # Camera-like blur first; the kernel blurs keep their old proportions (40:30:15:15).
+    return {
+        "camera": 0.375,
+        "motion": 0.25,
+        "gaussian": 0.1875,
+        "defocus": 0.09375,
+        "linear_motion": 0.09375,
+    }
 
 
 @dataclass
@@ -44,6 +59,14 @@ class DegradeOptions:
 
     Lengths, radii and σ in pixels; ``noise_sigma`` in [0, 1] image units (for Poisson noise
     it is the standard deviation at mid grey); JPEG quality 1–95.
+
+    ``camera`` (see :mod:`deblurcli.degradations.camera`): ``camera_focal`` is the focal
+    length over the image's longer side (0.6–2 ≈ 22–72 mm full-frame equivalent);
+    ``camera_roll`` the roll angle's path over the yaw/pitch angle's; ``camera_translation``
+    the translation's path over the centre's; ``camera_saturation`` the linear-light boost of
+    clipped highlights (RSBlur's 0.25–1.75); ``camera_shot_noise`` the shot-noise variance per
+    unit of linear signal and ``camera_read_ratio`` the read-noise σ over √shot (both drawn
+    log-uniformly); ``camera_noise_prob`` and ``camera_jpeg_prob`` how often each happens.
     """
 
     gaussian_sigma: tuple[float, float] = (0.5, 3.0)
@@ -60,6 +83,14 @@ class DegradeOptions:
     mix_weights: dict[str, float] = field(default_factory=_default_mix)
     mix_noise_prob: float = 0.3
     mix_jpeg_prob: float = 0.2
+    camera_focal: tuple[float, float] = (0.6, 2.0)
+    camera_roll: tuple[float, float] = (0.0, 1.0)
+    camera_translation: tuple[float, float] = (0.0, 0.2)
+    camera_saturation: tuple[float, float] = (0.25, 1.75)
+    camera_shot_noise: tuple[float, float] = (4e-5, 4e-3)
+    camera_read_ratio: tuple[float, float] = (0.1, 1.0)
+    camera_noise_prob: float = 0.8
+    camera_jpeg_prob: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("gaussian_sigma", "motion_length", "linear_length", "defocus_radius"):
@@ -83,6 +114,17 @@ class DegradeOptions:
             raise ValueError(f"mix weights must be non-negative, for blurs among {BLURS}")
         if sum(self.mix_weights.values()) <= 0:
             raise ValueError("mix weights must not all be zero")
+        for name in ("camera_focal", "camera_shot_noise", "camera_read_ratio"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be a range 0 < low <= high, got {lo}..{hi}")
+        for name in ("camera_roll", "camera_translation", "camera_saturation"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi:
+                raise ValueError(f"{name} must be a range 0 <= low <= high, got {lo}..{hi}")
+        for name in ("camera_noise_prob", "camera_jpeg_prob"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,12 +150,20 @@ def degrade(
     kind: str,
     rng: np.random.Generator,
     options: DegradeOptions | None = None,
+    inset: int = 0,
 ) -> Degradation:
-    """Degrade an H×W(×C) float32 image in [0, 1] by ``kind`` with parameters drawn from ``rng``."""
+    """Degrade an H×W(×C) float32 image in [0, 1] by ``kind`` with parameters drawn from ``rng``.
+
+    ``inset``: return the result without that many pixels at each border (a training crop's
+    margin, which the blur sees as context); ``camera`` then renders only what is returned.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown degradation {kind!r}; expected one of {', '.join(KINDS)}")
     opts = options or DegradeOptions()
     image = np.asarray(image, np.float32)
+    if not 0 <= 2 * inset < min(image.shape[:2]):
+        h, w = image.shape[:2]
+        raise ValueError(f"inset {inset} leaves nothing of a {w}x{h} image")
     record: dict[str, Any] = {"kind": kind, "blur": None, "blur_params": None}
     kernel = None
     noise_prob, jpeg_prob, jpeg_range = opts.noise_prob, 1.0, opts.jpeg_quality
@@ -121,6 +171,8 @@ def degrade(
         noise_prob = 1.0
     else:
         blur = _pick_blur(kind, rng, opts)
+        if blur == "camera":
+            return _camera(image, kind, rng, opts, inset)
         kernel, params = _sample_kernel(blur, rng, opts)
         record.update(blur=blur, blur_params=params)
         image = np.clip(K.convolve(image, kernel), 0.0, 1.0)
@@ -141,7 +193,26 @@ def degrade(
         quality = int(rng.integers(jpeg_range[0], jpeg_range[1] + 1))
         image = jpeg_compress(image, quality)
         record["jpeg_quality"] = quality
+    if inset:
+        image = image[inset:-inset, inset:-inset]
     return Degradation(image=image.astype(np.float32), kernel=kernel, record=record)
+
+
+def _camera(
+    image: np.ndarray, kind: str, rng: np.random.Generator, opts: DegradeOptions, inset: int
+) -> Degradation:
+    """The camera pipeline: its own noise and JPEG, in the camera's order."""
+    draw = draw_camera(rng, image.shape, opts)
+    blurred, kernel = apply_camera(image, draw, inset)
+    record = {
+        "kind": kind,
+        "blur": "camera",
+        "blur_params": draw.params,
+        "kernel_size": list(kernel.shape),
+        "noise": draw.noise_record,
+        "jpeg_quality": draw.jpeg_quality,
+    }
+    return Degradation(image=blurred, kernel=kernel, record=record)
 
 
 def _pick_blur(kind: str, rng: np.random.Generator, opts: DegradeOptions) -> str:
