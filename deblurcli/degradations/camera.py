@@ -140,8 +140,15 @@ class CameraShake:
         return self.psf_at(*self.centre)
 
     def path_length(self, x: float, y: float) -> float:
-        dx, dy = self.displacements(x, y)
-        return float(np.hypot(np.diff(dx), np.diff(dy)).sum())
+        """How far pixel (x, y) travels over the exposure, in pixels."""
+        return float(self.path_lengths([(x, y)])[0])
+
+    def path_lengths(self, points: list[tuple[float, float]]) -> np.ndarray:
+        """:meth:`path_length` of several pixels at once."""
+        xy = np.array([[x, y, 1.0] for x, y in points]).T  # (3, k)
+        p = self._homographies @ xy  # (poses, 3, k)
+        px, py = p[:, 0] / p[:, 2], p[:, 1] / p[:, 2]
+        return np.hypot(np.diff(px, axis=0), np.diff(py, axis=0)).sum(axis=0)
 
     def to_record(self) -> dict[str, Any]:
         def deg(a: np.ndarray) -> list[float]:
@@ -235,11 +242,12 @@ def draw_camera(
 
     # As many poses as the longest path in the frame has pixels, within POSES.
     shake = shake_at(POSES[1])
-    longest = max(shake.path_length(x, y) for x, y in [shake.centre, *_corners(shape)])
+    longest = float(shake.path_lengths([shake.centre, *_corners(shape)]).max())
     poses = int(np.clip(math.ceil(longest / POSE_SPACING), *POSES))
     if poses != POSES[1]:
         shake = shake_at(poses)
 
+    paths = [float(v) for v in shake.path_lengths([shake.centre, *_corners(shape)])]
     params = {
         "focal": focal,
         "focal_rel": focal_rel,
@@ -249,8 +257,8 @@ def draw_camera(
         "roll_ratio": roll_ratio,
         "translation_ratio": translation_ratio,
         "poses": poses,
-        "centre_path_px": shake.path_length(*shake.centre),
-        "corner_path_px": max(shake.path_length(x, y) for x, y in _corners(shape)),
+        "centre_path_px": paths[0],
+        "corner_path_px": max(paths[1:]),
         "saturation_boost": boost,
         "saturation_level": SATURATION_LEVEL,
         **shake.to_record(),
