@@ -49,13 +49,19 @@ def train(
     steps: int = typer.Option(1000, "--steps", min=1, help="Total optimisation steps."),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate (default: the recipe's)."),
     loss: str | None = typer.Option(
-        None, "--loss", help="Loss terms, e.g. mae or 'mse:1,perceptual@conv4_4:0.1'."
+        None,
+        "--loss",
+        help="Loss terms NAME[:WEIGHT],...: l1 (mae), mse, charbonnier, psnr, fft, fft_amp, "
+        "perceptual[@LAYER], edge_bce; e.g. 'charbonnier,fft:0.05'.",
     ),
     weight_decay: float | None = typer.Option(
         None, "--weight-decay", min=0.0, help="Weight decay (default: the recipe's)."
     ),
     schedule: str | None = typer.Option(
         None, "--schedule", help="LR schedule: constant, cosine, linear (default: the recipe's)."
+    ),
+    warmup: int | None = typer.Option(
+        None, "--warmup", min=0, help="Linear learning-rate warm-up steps (default: the recipe's)."
     ),
     grad_clip: float | None = typer.Option(
         None, "--grad-clip", min=0.0, help="Gradient-norm clip; 0 turns it off."
@@ -116,6 +122,7 @@ def train(
         loss=loss,
         weight_decay=weight_decay,
         schedule=schedule,
+        warmup=warmup,
         grad_clip=grad_clip,
         adversarial=not no_adversarial,
         n_critic=n_critic,

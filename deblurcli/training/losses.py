@@ -1,6 +1,8 @@
-"""Loss functions of the recipes: pixel, perceptual, edge and adversarial terms."""
+"""Loss functions of the recipes: pixel, frequency, perceptual, edge and adversarial terms."""
 
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -17,6 +19,52 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(pred.float(), target.float())
+
+
+CHARBONNIER_EPS = 1e-3
+PSNR_LOSS_EPS = 1e-8
+
+
+def charbonnier_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean of sqrt((pred − target)² + ε²), ε = 1e-3: a smooth L1 (MPRNet, NAFNet's baseline)."""
+    diff = pred.float() - target.float()
+    return torch.sqrt(diff * diff + CHARBONNIER_EPS**2).mean()
+
+
+def psnr_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Minus the mean per-image PSNR (dB, peak 1): 10·log10(MSE_i + ε) averaged (NAFNet).
+
+    Unlike MSE it weighs every image's error relative to its own level, so well-restored
+    patches keep a gradient; its value is negative (−PSNR).
+    """
+    err = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+    return (10.0 / math.log(10.0)) * torch.log(err + PSNR_LOSS_EPS).mean()
+
+
+def _spectrum(images: torch.Tensor) -> torch.Tensor:
+    # Orthonormal FFT: Parseval keeps the term on the pixel losses' scale at any patch size.
+    return torch.fft.rfft2(images.float(), norm="ortho")
+
+
+def fft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean L1 distance of the 2-D spectra's real and imaginary parts (MIMO-UNet's FFT loss)."""
+    return torch.view_as_real(_spectrum(pred) - _spectrum(target)).abs().mean()
+
+
+def fft_amplitude_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean L1 distance of the 2-D spectra's amplitudes (phase ignored)."""
+    return (_spectrum(pred).abs() - _spectrum(target).abs()).abs().mean()
+
+
+# Losses of (restored, sharp) alone, by the names recipes and ``--loss`` use.
+PIXEL_LOSSES = {
+    "l1": l1_loss,
+    "mse": mse_loss,
+    "charbonnier": charbonnier_loss,
+    "psnr": psnr_loss,
+    "fft": fft_loss,
+    "fft_amp": fft_amplitude_loss,
+}
 
 
 class PerceptualLoss(nn.Module):

@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 from deblurcli.errors import UsageError
 
 # Pixel/feature losses the trainer knows (see deblurcli.training.losses).
-LOSS_NAMES = ("l1", "mse", "perceptual", "edge_bce")
+LOSS_NAMES = ("l1", "mse", "charbonnier", "psnr", "fft", "fft_amp", "perceptual", "edge_bce")
 _ALIASES = {"mae": "l1", "l2": "mse", "vgg": "perceptual", "edge": "edge_bce"}
+_ALIASES |= {"frequency": "fft", "fft_amplitude": "fft_amp"}
 SCHEDULES = ("constant", "cosine", "linear")
 OPTIMIZERS = ("adam", "adamw")
 
@@ -71,6 +72,8 @@ class Recipe:
         if self.adversarial:
             terms += f" + {self.adversarial.kind}×{self.adversarial.weight:g}"
         schedule = "" if self.schedule == "constant" else f" {self.schedule}"
+        if self.warmup_steps:
+            schedule += f" after {self.warmup_steps} warm-up steps"
         text = f"{terms}; {self.optimizer} lr {self.lr:g}{schedule}, wd {self.weight_decay:g}"
         if self.edge_pretrain:
             text += f"; edge branch alone for the first {self.edge_pretrain:.0%} of the steps"
@@ -142,7 +145,8 @@ def recipe_for_arch(arch: str) -> Recipe:
 
 
 def parse_losses(text: str) -> tuple[LossTerm, ...]:
-    """Parse ``--loss``: ``mae``, ``mse:1,perceptual@conv4_4:0.1``, ``none`` (adversarial only)."""
+    """Parse ``--loss``: ``mae``, ``mse:1,perceptual@conv4_4:0.1``, ``charbonnier,fft:0.05``,
+    ``none`` (adversarial only)."""
     if text.strip().lower() == "none":
         return ()
     terms = []
@@ -170,6 +174,7 @@ def override(
     lr: float | None = None,
     weight_decay: float | None = None,
     schedule: str | None = None,
+    warmup: int | None = None,
     grad_clip: float | None = None,
     adversarial: bool | None = None,
     n_critic: int | None = None,
@@ -188,6 +193,10 @@ def override(
         if schedule not in SCHEDULES:
             raise UsageError(f"unknown schedule {schedule!r}; known: {', '.join(SCHEDULES)}")
         changes["schedule"] = schedule
+    if warmup is not None:
+        if warmup < 0:
+            raise UsageError("--warmup must be 0 or more steps")
+        changes["warmup_steps"] = warmup
     if grad_clip is not None:
         changes["grad_clip"] = grad_clip if grad_clip > 0 else None
     if adversarial is False:

@@ -73,6 +73,7 @@ class TrainConfig:
     loss: str | None = None
     weight_decay: float | None = None
     schedule: str | None = None  # constant, cosine, linear
+    warmup: int | None = None  # linear lr warm-up steps (None: the recipe's)
     grad_clip: float | None = None  # 0 turns the recipe's clipping off
     adversarial: bool = True
     n_critic: int | None = None  # critic updates per generator step (GAN recipes)
@@ -219,6 +220,7 @@ class Trainer:
             lr=config.lr,
             weight_decay=config.weight_decay,
             schedule=config.schedule,
+            warmup=config.warmup,
             grad_clip=config.grad_clip,
             adversarial=None if config.adversarial else False,
             n_critic=config.n_critic,
@@ -563,10 +565,8 @@ class Trainer:
         return terms
 
     def _term(self, term: Any, restored, sharp, fused, sides) -> torch.Tensor:
-        if term.name == "l1":
-            return L.l1_loss(restored, sharp)
-        if term.name == "mse":
-            return L.mse_loss(restored, sharp)
+        if term.name in L.PIXEL_LOSSES:
+            return L.PIXEL_LOSSES[term.name](restored, sharp)
         if term.name == "perceptual":
             return L.PerceptualLoss(self.vgg, term.layer)(restored, sharp)
         if term.name == "edge_bce":
