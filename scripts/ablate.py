@@ -1,0 +1,259 @@
+"""Fixed-step training ablations, scored on the built-in benchmark (issue 13, Part A2).
+
+Each variant of the plan (``scripts/ablation_plan.toml``) is one ``deblur train`` command on
+the photo pool's train split at a fixed step budget (steps, not minutes: on a shared, noisy
+machine the same steps are the fair budget; wall time and patches/s are recorded next to the
+scores). Its best checkpoint is then scored with ``deblur eval --benchmark`` (the held-out
+photos' centred 256×256 crops in the gaussian, motion and noisy families) next to the tuned
+unsharp mask. The table goes into ``docs/ablations.md`` between its table markers.
+
+A variant whose run finished is not trained again (its ``result.json`` is kept), so the same
+command after a kill, or with more variants in the plan, only runs what is missing.
+
+    python scripts/ablate.py --jobs 2                 # every variant of the plan
+    python scripts/ablate.py --only lr2e-3 --jobs 1   # one variant
+    python scripts/ablate.py --table-only             # rewrite the table from finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_pretrained import (  # noqa: E402 (the sibling script, importable from here)
+    REPO,
+    config_args,
+    deblur_cmd,
+    failure,
+    last_json,
+    run_logged,
+    shown,
+    tomllib,
+)
+
+PLAN_PATH = Path(__file__).resolve().parent / "ablation_plan.toml"
+DOC_PATH = REPO / "docs" / "ablations.md"
+TABLE_START, TABLE_END = "<!-- ablation table: start -->", "<!-- ablation table: end -->"
+FAMILIES = ("gaussian", "motion", "noisy")
+# Keys a variant may set; every one but name/note maps to a `deblur train` option.
+TRAIN_KEYS = {
+    "arch",
+    "config",
+    "degrade",
+    "patch_size",
+    "batch_size",
+    "steps",
+    "lr",
+    "loss",
+    "schedule",
+    "warmup",
+    "grad_clip",
+    "seed",
+    "precision",
+    "val_every",
+    "width",
+}
+PLAN_KEYS = TRAIN_KEYS | {"name", "note", "threads", "nice"}
+
+
+class PlanError(ValueError):
+    """The ablation plan is malformed."""
+
+
+def load_variants(path: Path = PLAN_PATH) -> list[dict[str, Any]]:
+    """The plan's variants, each merged over ``[defaults]`` (``config`` merged key by key)."""
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    defaults = data.get("defaults", {})
+    variants = []
+    for i, table in enumerate(data.get("variant", [])):
+        unknown = (set(table) | set(defaults)) - PLAN_KEYS
+        if unknown:
+            raise PlanError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}")
+        if "name" not in table:
+            raise PlanError(f"{path}: variant {i + 1} has no name")
+        variant = copy.deepcopy(defaults)
+        config = {**variant.get("config", {}), **table.get("config", {})}
+        variant.update(copy.deepcopy(table))
+        variant["config"] = config
+        variants.append(variant)
+    names = [v["name"] for v in variants]
+    if len(set(names)) != len(names):
+        raise PlanError(f"{path}: variant names repeat")
+    if not variants:
+        raise PlanError(f"{path}: no [[variant]] tables")
+    return variants
+
+
+def train_command(variant: dict[str, Any], run: Path, train: Path, val: Path) -> list[str]:
+    """The variant's ``deblur train`` command, writing into ``run``."""
+    cmd = ["train", "--arch", variant["arch"], "--data", str(train), "--val", str(val)]
+    cmd += ["--out", str(run), "--workers", "0"]
+    for key in sorted(TRAIN_KEYS - {"arch", "config"}):
+        if variant.get(key) is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(variant[key])]
+    every = str(variant.get("val_every") or variant["steps"])
+    cmd += ["--ckpt-every", every]
+    return deblur_cmd(*cmd, *config_args(variant["config"]), "--json")
+
+
+def eval_command(model: Path, photos: Path, cache: Path | None) -> list[str]:
+    """``deblur eval --benchmark`` of ``model`` and the tuned unsharp mask on ``photos``."""
+    cmd = ["eval", "--benchmark", "--benchmark-photos", str(photos)]
+    cmd += ["--benchmark-dir", str(cache)] if cache is not None else []
+    return deblur_cmd(*cmd, "--model", str(model), "--model", "unsharp", "--json")
+
+
+def _niced(cmd: list[str], nice: int) -> list[str]:
+    return ["nice", "-n", str(nice), *cmd] if nice else cmd
+
+
+def run_variant(
+    variant: dict[str, Any], root: Path, train: Path, val: Path, cache: Path | None = None
+) -> dict[str, Any]:
+    """Train (unless done) and score one variant; returns its ``result.json`` content."""
+    folder = root / variant["name"]
+    result_path = folder / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    log, threads, nice = folder / "log.txt", int(variant.get("threads", 1)), variant.get("nice", 5)
+    cmd = train_command(variant, folder / "run", train, val)
+    trained_path = folder / "train.json"  # a finished training is not repeated for the score
+    if not trained_path.is_file():
+        start = time.perf_counter()
+        proc = run_logged(_niced(cmd, nice), log, threads)
+        if proc.returncode != 0:
+            raise failure(f"{variant['name']}: deblur train", proc, log)
+        trained = {"wall_s": round(time.perf_counter() - start, 1), **last_json(proc.stdout)}
+        trained_path.write_text(json.dumps(trained, indent=2) + "\n")
+    trained = json.loads(trained_path.read_text())
+    model = folder / "run" / "model.safetensors"
+    proc = run_logged(_niced(eval_command(model, val, cache), nice), log, threads)
+    if proc.returncode != 0:
+        raise failure(f"{variant['name']}: deblur eval", proc, log)
+    result = {
+        "variant": variant,
+        "command": shown(cmd),
+        "wall_s": trained.pop("wall_s"),
+        "train": trained,
+        "scores": scores(last_json(proc.stdout)),
+    }
+    result_path.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def scores(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """PSNR gains over the blurry input, mixed and per family, of the model and of unsharp."""
+    rows = summary["rows"]
+    blurry = next(r for r in rows if r["kind"] == "input")
+    out = {}
+    for key, row in (
+        ("model", next(r for r in rows if r["kind"] == "model")),
+        ("unsharp", next(r for r in rows if r["key"] == "unsharp")),
+    ):
+        gains = {"mixed": row["psnr_gain"]}
+        for family in FAMILIES:
+            gains[family] = row["families"][family]["psnr"] - blurry["families"][family]["psnr"]
+        out[key] = {k: round(float(v), 3) for k, v in gains.items()}
+    return out
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The markdown table of finished variants (plan order), with unsharp's row last."""
+    head = "| variant | change | val PSNR | gaussian | motion | noisy | mixed | patches/s | wall |"
+    lines = [head, "|" + "---|" * 9]
+    unsharp = None
+    for r in results:
+        v, s, t = r["variant"], r["scores"]["model"], r["train"]
+        best = "-" if t.get("best_psnr") is None else f"{t['best_psnr']:.2f}"
+        fams = " | ".join(f"{s[f]:+.2f}" for f in FAMILIES)
+        lines.append(
+            f"| {v['name']} | {v.get('note', '')} | {best} | {fams} | {s['mixed']:+.2f} "
+            f"| {t['patches_per_s']:.1f} | {r['wall_s'] / 60:.1f} min |"
+        )
+        unsharp = r["scores"]["unsharp"]
+    if unsharp is not None:
+        fams = " | ".join(f"{unsharp[f]:+.2f}" for f in FAMILIES)
+        lines.append(f"| unsharp (tuned) | baseline | - | {fams} | {unsharp['mixed']:+.2f} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(text: str, doc: Path) -> None:
+    """Put ``text`` between the table markers of ``doc`` (created with them if missing)."""
+    block = f"{TABLE_START}\n{text}{TABLE_END}"
+    if not doc.is_file():
+        doc.write_text(f"# Training ablations\n\n{block}\n")
+        return
+    current = doc.read_text()
+    start, end = current.find(TABLE_START), current.find(TABLE_END)
+    if start < 0 or end < start:
+        raise PlanError(f"{doc}: no {TABLE_START} ... {TABLE_END} markers")
+    doc.write_text(current[:start] + block + current[end + len(TABLE_END) :])
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from deblurcli.data.photo_pool import split_dir
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--plan", type=Path, default=PLAN_PATH)
+    p.add_argument("--runs", type=Path, default=REPO / "runs" / "ablate")
+    p.add_argument("--only", action="append", default=[], help="Variant name (repeatable).")
+    p.add_argument("--jobs", type=int, default=2, help="Variants trained at a time.")
+    p.add_argument("--train-photos", type=Path, default=None, help="[photo pool train split]")
+    p.add_argument("--val-photos", type=Path, default=None, help="[photo pool val split]")
+    p.add_argument("--benchmark-dir", type=Path, default=None, help="[the eval cache]")
+    p.add_argument("--doc", type=Path, default=DOC_PATH, help="Markdown file for the table.")
+    p.add_argument("--table-only", action="store_true", help="Train nothing; rewrite the table.")
+    args = p.parse_args(argv)
+    args.train_photos = args.train_photos or split_dir("train")
+    args.val_photos = args.val_photos or split_dir("val")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        variants = load_variants(args.plan)
+    except (OSError, PlanError, tomllib.TOMLDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    unknown = set(args.only) - {v["name"] for v in variants}
+    if unknown:
+        print(f"error: no variant named {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    chosen = [v for v in variants if not args.only or v["name"] in args.only]
+    failed = 0
+    if not args.table_only:
+
+        def one(variant: dict[str, Any]) -> None:
+            nonlocal failed
+            try:
+                r = run_variant(
+                    variant, args.runs, args.train_photos, args.val_photos, args.benchmark_dir
+                )
+                gain = r["scores"]["model"]["mixed"]
+                print(f"{variant['name']}: mixed gain {gain:+.2f} dB", flush=True)
+            except RuntimeError as exc:
+                failed += 1
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            list(pool.map(one, chosen))
+    done = [args.runs / v["name"] / "result.json" for v in variants]
+    results = [json.loads(p.read_text()) for p in done if p.is_file()]
+    if results:
+        write_table(table(results), args.doc)
+        print(f"table of {len(results)} variant(s) written to {args.doc}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
