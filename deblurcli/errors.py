@@ -20,8 +20,8 @@ class UsageError(DeblurError):
     exit_code = 2
 
 
-class UnknownArchError(DeblurError, KeyError):
-    """A name that is not in the architecture registry."""
+class UnknownArchError(UsageError, KeyError):
+    """A name that is not in the architecture registry (a usage error: exit code 2)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
@@ -41,6 +41,10 @@ class ManifestError(DeblurError):
 
 class WeightsUnavailableError(CheckpointError):
     """Pretrained weights that are neither shipped, cached nor downloadable right now."""
+
+
+class UnknownModelError(UsageError, WeightsUnavailableError):
+    """A model name that is neither in the manifest nor a file (a usage error: exit code 2)."""
 
 
 class ChecksumError(CheckpointError):

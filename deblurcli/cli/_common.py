@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -15,30 +16,43 @@ from deblurcli.errors import DeblurError
 console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+# Options every command gets: ``-h`` next to ``--help`` (inherited by subcommands).
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
-    """Print ``message`` as one line on stderr and exit with ``code``."""
+def fail(message: str, code: int = 1, *, as_json: bool = False) -> NoReturn:
+    """Print ``message`` as one line on stderr and exit with ``code``.
+
+    With ``as_json`` stdout also gets ``{"error": message, "exit_code": code}``, so a script
+    reading the JSON summary always gets one JSON object.
+    """
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps({"error": message, "exit_code": code}))
     raise typer.Exit(code)
 
 
 def friendly_errors(func: F) -> F:
-    """Turn user-caused errors into one line on stderr and a non-zero exit, never a traceback."""
+    """Turn user-caused errors into one line on stderr and a non-zero exit, never a traceback.
+
+    Exit codes: 2 when the command line cannot work (:class:`~deblurcli.errors.UsageError`),
+    1 when something failed while working, 130 when interrupted.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        as_json = bool(kwargs.get("as_json"))
         try:
             return func(*args, **kwargs)
         except DeblurError as exc:
-            fail(str(exc), exc.exit_code)
+            fail(str(exc), exc.exit_code, as_json=as_json)
         except KeyboardInterrupt:
-            fail("interrupted", 130)
+            fail("interrupted", 130, as_json=as_json)
         except MemoryError:
-            fail("out of memory: try a smaller --tile or --batch-size", 1)
+            fail("out of memory: try a smaller --tile or --batch-size", 1, as_json=as_json)
         except RuntimeError as exc:
             if "out of memory" in str(exc).lower():
-                fail("out of memory: try a smaller --tile or --batch-size", 1)
+                fail("out of memory: try a smaller --tile or --batch-size", 1, as_json=as_json)
             raise
 
     return wrapper  # type: ignore[return-value]

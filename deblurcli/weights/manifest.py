@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from deblurcli.archs import list_archs, resolve_config
-from deblurcli.errors import DeblurError, ManifestError, WeightsUnavailableError
+from deblurcli.errors import (
+    DeblurError,
+    ManifestError,
+    UnknownModelError,
+    WeightsUnavailableError,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -295,7 +300,7 @@ def get_pretrained(name: str, manifest: ManifestLike = None) -> PretrainedEntry:
             f"'{name}': no pretrained weights are available yet; pass --model PATH to a "
             "model.safetensors written by 'deblur train'"
         )
-    raise WeightsUnavailableError(
+    raise UnknownModelError(
         f"'{name}' is not a pretrained model; known: {', '.join(m.names())} "
         "(or pass --model PATH to a checkpoint)"
     )
