@@ -8,12 +8,22 @@ on first use, so commands that never touch the Hub do not pay for it.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from deblurcli.errors import WeightsUnavailableError
 
 _TRUE = {"1", "on", "yes", "true"}
+DEFAULT_ENDPOINT = "https://huggingface.co"
+# Seconds to wait for the Hub to accept a connection (and for the metadata request) before
+# deciding it is unreachable: huggingface_hub's own default retries for ~30 s.
+CONNECT_TIMEOUT = 3.0
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def is_offline() -> bool:
@@ -36,6 +46,34 @@ def cache_dir() -> Path:
 def _endpoint() -> str | None:
     value = os.environ.get("HF_ENDPOINT")
     return value.rstrip("/") if value else None
+
+
+def hub_reachable(endpoint: str | None = None, timeout: float = CONNECT_TIMEOUT) -> bool:
+    """Whether a TCP connection to the Hub's host opens within ``timeout`` seconds.
+
+    Behind a proxy the direct connection says nothing, so it is not tried (True).
+    """
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return True
+    url = urlsplit(endpoint or _endpoint() or DEFAULT_ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_hub_logs() -> Iterator[None]:
+    """huggingface_hub logs each retry; the one-line error that follows says it all."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def cached_file(
@@ -86,16 +124,20 @@ def download(
     cache = cache or cache_dir()
     what = _what(repo_id, filename, revision)
     offline = is_offline()
+    # No network: answer from the cache at once rather than after huggingface_hub's retries.
+    local_only = offline or not hub_reachable()
     try:
-        path = hf_hub_download(
-            repo_id,
-            filename,
-            revision=revision,
-            cache_dir=str(cache),
-            endpoint=_endpoint(),
-            local_files_only=offline,
-            force_download=force and not offline,
-        )
+        with _quiet_hub_logs():
+            path = hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=str(cache),
+                endpoint=_endpoint(),
+                local_files_only=local_only,
+                force_download=force and not local_only,
+                etag_timeout=CONNECT_TIMEOUT,
+            )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
         fetch = name or f"hf://{repo_id}/{filename}@{revision}"
