@@ -54,8 +54,20 @@ def test_list_json_shows_local_state_and_scores(env):
     assert records["transformnet.tiny"]["local"] is None
     assert records["transformnet.tiny"]["default_model"] is True
     assert records["transformnet.tiny"]["hub"] == f"hf://{REPO}/{HUB_FILE}@{COMMIT}"
-    table = runner.invoke(app, ["weights", "list"])
-    assert table.exit_code == 0 and "simplecnn.tiny" in table.stdout and "psnr 21.5" in table.stdout
+    table = runner.invoke(app, ["weights", "list"], env={"COLUMNS": "80"})
+    assert table.exit_code == 0 and "simplecnn.tiny" in table.stdout
+    rows = [line for line in table.stdout.splitlines() if ".tiny" in line]
+    assert "transformnet.tiny" in rows[1] and "model" in rows[1]  # the default model
+    assert len(rows) == 2 and all(len(line) <= 80 for line in table.stdout.splitlines())
+    assert "package" not in table.stdout  # the rest is in --json and 'weights show'
+    shown = runner.invoke(app, ["weights", "show", "simplecnn.tiny"])
+    assert (
+        shown.exit_code == 0 and "psnr: 21.5" in shown.stdout and "local: package" in shown.stdout
+    )
+    as_json = json.loads(runner.invoke(app, ["weights", "show", "simplecnn", "--json"]).stdout)
+    assert as_json == records["simplecnn.tiny"]
+    unknown = runner.invoke(app, ["weights", "show", "nope"])
+    assert unknown.exit_code == 2 and "not a pretrained model" in unknown.stderr
 
 
 def test_download_path_verify_round_trip(env, tmp_path):

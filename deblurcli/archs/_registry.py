@@ -111,8 +111,9 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def default_parameter_count(name: str) -> int:
-    """Parameter count of the default config, built on the meta device (no memory, no I/O)."""
+def default_parameter_count(name: str, **config: Any) -> int:
+    """Parameter count of the default config (updated by ``config``), built on the meta device
+    (no memory, no I/O)."""
     with torch.device("meta"):
-        model = create(name)
+        model = create(name, **config)
     return count_parameters(model)

@@ -46,7 +46,7 @@ class PatchGANCritic(nn.Module):
 SPEC = ArchSpec(
     name="deblurgan",
     title="DeblurGAN: ResNet generator (9 blocks) + PatchGAN WGAN-GP critic",
-    source="Kupyn et al. 2018, arXiv 1711.07064 (seed 002)",
+    source="Kupyn et al. 2018, DeblurGAN, arXiv 1711.07064",
     default_config={"ngf": 64, "n_blocks": 9, "dropout": 0.5},
     tiny_config={"ngf": 8, "n_blocks": 2},
     size_multiple=4,

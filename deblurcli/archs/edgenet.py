@@ -84,7 +84,7 @@ class DeblurNet(nn.Module):
 SPEC = ArchSpec(
     name="edgenet",
     title="Edge-aware deblurring: HED-like EdgeNet + DeblurNet (RGB+edge)",
-    source="Fu et al. 2019, arXiv 1907.02282 (seed 001)",
+    source="Fu et al. 2019, arXiv 1907.02282",
     default_config={
         "edge_widths": [64, 128, 256, 512, 512],
         "edge_convs": [2, 2, 3, 3, 3],

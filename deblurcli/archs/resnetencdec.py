@@ -64,7 +64,7 @@ class _DecoderStage(nn.Module):
 SPEC = ArchSpec(
     name="resnetencdec",
     title="ResNet encoder + custom U-Net-style decoder",
-    source="seed 003 (motion_deblur_dl): ResNet-50 encoder, custom decoder",
+    source="ResNet-50 encoder (He et al. 2016) + U-Net-style decoder",
     default_config={
         "encoder": "resnet50",
         "decoder_channels": [256, 128, 64, 32, 16],

@@ -55,7 +55,7 @@ class SkipAEDiscriminator(nn.Module):
 SPEC = ArchSpec(
     name="skipae",
     title="Fully convolutional encoder-decoder with skips + discriminator",
-    source="Research of Image Deblurring Based on the Deep Neural Network, IEEE 2018 (seed 000)",
+    source="Research of Image Deblurring Based on the Deep Neural Network (IEEE 2018)",
     default_config={"width": 64, "residual": True},
     tiny_config={"width": 4},
     size_multiple=4,

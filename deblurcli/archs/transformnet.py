@@ -20,7 +20,7 @@ from deblurcli.archs._registry import ArchSpec, register_arch
 SPEC = ArchSpec(
     name="transformnet",
     title="Image Transform Net (Johnson et al.) with global skip",
-    source="Johnson et al. 2016, arXiv 1603.08155 (seed 003)",
+    source="Johnson et al. 2016, arXiv 1603.08155",
     default_config={"base": 32, "n_blocks": 5},
     tiny_config={"base": 4, "n_blocks": 1},
     size_multiple=4,

@@ -5,15 +5,29 @@ from __future__ import annotations
 import json
 
 import typer
+from rich import box
 from rich.table import Table
 
 from deblurcli.archs import default_parameter_count, get_spec, list_archs
 from deblurcli.cli._common import console, friendly_errors
-from deblurcli.weights.manifest import pretrained_archs
+from deblurcli.weights.manifest import find_pretrained, pretrained_archs
+
+
+def _shipped_parameters(name: str) -> int | None:
+    """Parameters of the config the arch's default pretrained model uses (None: none ships)."""
+    entry = find_pretrained(name)
+    if entry is None:
+        return None
+    config = {k: v for k, v in entry.config.items() if k != "encoder_weights"}
+    return default_parameter_count(name, **config)
 
 
 def describe_models() -> list[dict[str, object]]:
-    """One record per registered architecture (what ``deblur models --json`` prints)."""
+    """One record per registered architecture (what ``deblur models --json`` prints).
+
+    ``parameters`` is the paper's configuration (the arch's default); ``shipped_parameters``
+    the configuration of the pretrained model that ships (None when none does).
+    """
     available = pretrained_archs()
     records = []
     for name in list_archs():
@@ -24,6 +38,7 @@ def describe_models() -> list[dict[str, object]]:
                 "title": spec.title,
                 "source": spec.source,
                 "parameters": default_parameter_count(name),
+                "shipped_parameters": _shipped_parameters(name),
                 "size_multiple": spec.size_multiple,
                 "input_size": spec.size_rule(),
                 "fp16_safe": spec.fp16_safe,
@@ -41,20 +56,33 @@ def describe_models() -> list[dict[str, object]]:
 def models(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """List the six deblurring architectures: source paper, size, input rule, pretrained weights."""
+    """List the six deblurring architectures: paper, parameters, pretrained weights.
+
+    "params" counts the configuration of the pretrained model that ships; "paper config" the
+    configuration the paper describes (what 'deblur train' builds without --config).
+    """
     records = describe_models()
     if as_json:
         typer.echo(json.dumps(records, indent=2))
         return
-    table = Table(title="deblurcli architectures")
-    for col in ("name", "paper / source", "params", "input size", "pretrained"):
-        table.add_column(col, justify="right" if col == "params" else "left")
+    table = Table(title="deblurcli architectures", box=box.SIMPLE_HEAD)
+    table.add_column("name")
+    table.add_column("paper")
+    table.add_column("params", justify="right")
+    table.add_column("paper config", justify="right")
+    table.add_column("weights")
     for r in records:
+        shipped = r["shipped_parameters"]
         table.add_row(
             str(r["name"]),
             str(r["source"]),
+            "-" if shipped is None else f"{shipped:,}",
             f"{r['parameters']:,}",
-            str(r["input_size"]),
             "[green]yes[/]" if r["pretrained"] else "no",
         )
     console.print(table)
+    console.print(
+        "params: the shipped pretrained model's configuration; paper config: the paper's "
+        "(what 'deblur train' builds without --config). More: 'deblur models --json'.",
+        highlight=False,
+    )
