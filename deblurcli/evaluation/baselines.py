@@ -10,7 +10,8 @@
   kernel, the networks do not, so its row is labelled non-blind. Pairs without a kernel
   (noise-only, or datasets not made by ``deblur blur``) pass through unchanged.
 
-Tuning uses :data:`TUNE_IMAGES` pairs spread evenly over the evaluated set.
+Tuning uses :data:`TUNE_IMAGES` pairs spread evenly over the evaluated set. The methods
+themselves live in :mod:`deblurcli.inference.classical` (``deblur restore`` runs them too).
 """
 
 from __future__ import annotations
@@ -18,10 +19,17 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 
+from deblurcli.inference.classical import (
+    WIENER_DEFAULTS,
+    _otf,  # noqa: F401 (re-exported for the tests of the deconvolution)
+    estimate_noise_sigma,  # noqa: F401
+    unsharp_mask,
+    wiener_balance,
+    wiener_deconvolve,
+)
 from deblurcli.metrics import psnr
 
 BASELINES = ("identity", "unsharp", "wiener")
@@ -88,13 +96,10 @@ class Unsharp(Baseline):
 
 class Wiener(Baseline):
     def __init__(self) -> None:
-        params = {"floor": 1e-3, "gain": 100.0}
+        params = dict(WIENER_DEFAULTS)
         super().__init__("wiener", "wiener (true kernel)", non_blind=True, params=params)
 
-    @staticmethod
-    def balance(blurred: np.ndarray, floor: float, gain: float) -> float:
-        """Noise-to-signal balance for this image: grows with its estimated noise."""
-        return floor + gain * estimate_noise_sigma(blurred) ** 2
+    balance = staticmethod(wiener_balance)
 
     def __call__(self, blurred: np.ndarray, kernel: np.ndarray | None = None) -> np.ndarray:
         if kernel is None:
@@ -129,57 +134,3 @@ def make_baseline(name: str) -> Baseline:
     if name == "wiener":
         return Wiener()
     raise KeyError(name)
-
-
-def unsharp_mask(image: np.ndarray, sigma: float, amount: float) -> np.ndarray:
-    """``image + amount·(image − gaussian(image))`` clipped to [0, 1]; H×W×C float32."""
-    blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
-    blurred = blurred.reshape(image.shape)  # OpenCV drops a single channel axis
-    return np.clip(image + amount * (image - blurred), 0.0, 1.0).astype(np.float32)
-
-
-def estimate_noise_sigma(image: np.ndarray) -> float:
-    """Gaussian noise sigma of an H×W(×C) image (Immerkær 1996, "Fast noise variance estimation").
-
-    The 3×3 mask cancels locally planar signal, so on blurry images what remains is mostly
-    noise. Estimated per channel (averaging channels first would hide noise), then averaged.
-    """
-    planes = image.reshape(*image.shape[:2], -1).astype(np.float32)
-    if min(planes.shape[:2]) < 3:
-        return 0.0
-    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    response = cv2.filter2D(planes, -1, mask).reshape(planes.shape)[1:-1, 1:-1]
-    return float(np.sqrt(np.pi / 2) * np.abs(response).mean() / 6)
-
-
-def _otf(kernel: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Optical transfer function of ``kernel`` (centred) for an FFT of ``shape``."""
-    padded = np.zeros(shape, np.float64)
-    kh, kw = kernel.shape
-    padded[:kh, :kw] = kernel
-    padded = np.roll(padded, (-(kh // 2), -(kw // 2)), axis=(0, 1))
-    return np.fft.rfft2(padded)
-
-
-def wiener_deconvolve(image: np.ndarray, kernel: np.ndarray, balance: float) -> np.ndarray:
-    """Wiener deconvolution of H×W×C ``image`` blurred by ``kernel`` (true convolution).
-
-    The image is mirrored to 2H×2W first so the FFT's periodic extension has no seams
-    (no ringing from the borders).
-    """
-    h, w = image.shape[:2]
-    kernel = np.asarray(kernel, np.float64)
-    kernel = kernel / kernel.sum()
-    mirrored = np.pad(image.astype(np.float64), ((0, h), (0, w), (0, 0)), mode="symmetric")
-    # A kernel wider than the mirrored image (tiny crops) needs a larger FFT: the mirrored
-    # image is periodic, so extending it periodically adds no seams.
-    grow = (max(0, kernel.shape[0] - 2 * h), max(0, kernel.shape[1] - 2 * w))
-    if any(grow):
-        mirrored = np.pad(mirrored, ((0, grow[0]), (0, grow[1]), (0, 0)), mode="wrap")
-    otf = _otf(kernel, mirrored.shape[:2])
-    gain = np.conj(otf) / (np.abs(otf) ** 2 + balance)
-    out = np.empty_like(image, dtype=np.float32)
-    for c in range(image.shape[2]):
-        spectrum = np.fft.rfft2(mirrored[..., c]) * gain
-        out[..., c] = np.fft.irfft2(spectrum, s=mirrored.shape[:2])[:h, :w]
-    return np.clip(out, 0.0, 1.0)
