@@ -261,7 +261,7 @@ def test_torchrun_two_processes_do_each_file_once(tmp_path, random_ckpt):
         json.loads(line[line.index("{") :]) for line in proc.stdout.splitlines() if "{" in line
     ]
     assert sorted(s["rank"] for s in summaries) == [0, 1]
-    done = [path for s in summaries for path in s["done"]]
+    done = [d["path"] for s in summaries for d in s["done"]]
     assert sorted(Path(p).name for p in done) == [f"{i}.png" for i in range(5)]  # each once
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{i}.png" for i in range(5)]
 
@@ -280,7 +280,7 @@ def test_tile_device_precision_and_batch_options(tmp_path, random_ckpt):
     src = _save(tmp_path / "p.png", _u8(natural_image(64, 80)))
     runs = {
         "whole": ("--tile", "0"),
-        "tiled": ("--tile", "48", "--tile-overlap", "16", "--batch-size", "3"),
+        "tiled": ("--tile", "64", "--tile-overlap", "16", "--batch-size", "3"),
         "bf16": ("--device", "cpu", "--precision", "bf16"),
     }
     outs = {}

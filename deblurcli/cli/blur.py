@@ -170,7 +170,7 @@ def blur(
         typer.echo(json.dumps(summary.to_dict(), indent=2))
     else:
         console.print(
-            f"{summary.written} written, {summary.skipped} already done, "
+            f"{summary.written} written, {len(summary.skipped)} already done, "
             f"{len(summary.failed)} failed in {summary.seconds:.1f}s → {summary.out} "
             f"(manifest {summary.manifest.name})",
             highlight=False,

@@ -83,6 +83,11 @@ def evaluate(
         help="Model to score: manifest name, checkpoint path, hf://..., 'all' (every "
         "pretrained model), or a baseline: identity, unsharp, wiener. Repeat for one table.",
     ),
+    arch: str | None = typer.Option(
+        None,
+        "--arch",
+        help="Architecture of a checkpoint that does not name its own (a .pth file).",
+    ),
     data: Path | None = typer.Option(
         None, "--data", help="Pairs: a 'deblur blur' output folder or a GoPro-style tree."
     ),
@@ -144,6 +149,7 @@ def evaluate(
         precision=precision,
         limit=limit,
         sample=sample,
+        arch=arch,
     )
     if report is not None:  # fail before a long scoring run, not after it
         from deblurcli.evaluation.report import prepare_report_dir

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from deblurcli.cli._common import console, err_console, friendly_errors, is_tty
 from deblurcli.inference.batch import Job, Reporter, RestoreSummary
@@ -15,14 +23,18 @@ from deblurcli.inference.engine import parse_tile
 
 
 class _RichReporter(Reporter):
-    """A progress bar over images, plus one over tiles while a big image is tiled."""
+    """A progress bar over images (with MP/s of the finished ones), plus one over tiles while
+    a big image is tiled."""
 
     def __init__(self, progress: Progress):
         self.progress = progress
-        self.images = progress.add_task("images", total=0)
+        self.images = progress.add_task("images", total=0, rate="")
         self.tile_task: int | None = None
+        self.megapixels = 0.0
+        self.started = time.perf_counter()
 
     def start(self, total: int) -> None:
+        self.started = time.perf_counter()
         self.progress.update(self.images, total=total)
 
     def file_started(self, job: Job) -> None:
@@ -32,27 +44,35 @@ class _RichReporter(Reporter):
         if total <= 1:
             return
         if self.tile_task is None:
-            self.tile_task = self.progress.add_task("  tiles", total=total)
+            self.tile_task = self.progress.add_task("  tiles", total=total, rate="")
         self.progress.update(self.tile_task, completed=done, total=total)
         if done >= total:
             self.progress.remove_task(self.tile_task)
             self.tile_task = None
 
-    def file_finished(self, job: Job, status: str) -> None:
-        self.progress.advance(self.images)
+    def file_finished(self, job: Job, status: str, megapixels: float = 0.0) -> None:
+        self.megapixels += megapixels
+        elapsed = time.perf_counter() - self.started
+        rate = f"{self.megapixels / elapsed:.2f} MP/s" if self.megapixels and elapsed > 0 else ""
+        self.progress.update(self.images, advance=1, rate=rate)
 
 
 def _print_summary(summary: RestoreSummary) -> None:
     for path, reason in summary.failed:
         err_console.print(f"[bold red]failed:[/] {path}: {reason}", highlight=False, soft_wrap=True)
     rank = f"rank {summary.rank}/{summary.world_size}: " if summary.world_size > 1 else ""
-    console.print(
-        f"{rank}{len(summary.done)} done, {len(summary.skipped)} skipped, "
-        f"{len(summary.failed)} failed; {summary.megapixels:.2f} MP in {summary.seconds:.1f} s "
-        f"({summary.megapixels_per_second:.3f} MP/s)"
-        + (f" with {summary.model}" if summary.model else ""),
-        highlight=False,
-    )
+    line = f"{rank}{len(summary.done)} done, {len(summary.skipped)} skipped, "
+    line += f"{len(summary.failed)} failed"
+    if summary.done:
+        line += (
+            f"; {summary.megapixels:.2f} MP in {summary.seconds:.1f} s "
+            f"({summary.megapixels_per_second:.3f} MP/s)"
+        )
+    if summary.model:
+        line += f" with {summary.model} on {summary.device}, {summary.precision}"
+    if summary.done or summary.skipped:
+        line += f" → {summary.output or 'next to each input'}"
+    console.print(line, highlight=False, soft_wrap=True)
 
 
 @friendly_errors
@@ -61,7 +81,23 @@ def restore(
         ..., help="Image files, folders or globs.", show_default=False, metavar="INPUT"
     ),
     model: str | None = typer.Option(
-        None, "--model", "-m", help="Model: manifest name, checkpoint path or hf://owner/repo."
+        None,
+        "--model",
+        "-m",
+        help="Model: manifest name, checkpoint path, hf://owner/repo, or a classical method: "
+        "unsharp, wiener or richardson-lucy (the last two with --kernel).",
+        show_default="the default pretrained model",
+    ),
+    kernel: Path | None = typer.Option(
+        None,
+        "--kernel",
+        help="The blur kernel (.npy, e.g. from 'deblur blur' OUT/kernels/) for --model wiener "
+        "or richardson-lucy.",
+    ),
+    arch: str | None = typer.Option(
+        None,
+        "--arch",
+        help="Architecture of a checkpoint that does not name its own (a .pth file).",
     ),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Output folder (or file, for one input file)."
@@ -71,9 +107,11 @@ def restore(
         help="Added to output names.",
         show_default="_deblurred next to the input, none with -o",
     ),
-    tile: str = typer.Option("auto", help="Tile side in pixels, 'auto' (fit memory) or 0 (whole)."),
+    tile: str = typer.Option(
+        "auto", help="Tile side in pixels (64 or more), 'auto' (fit memory) or 0 (whole image)."
+    ),
     tile_overlap: int | None = typer.Option(
-        None, help="Tile overlap in pixels.", show_default="the architecture's"
+        None, min=0, help="Tile overlap in pixels.", show_default="the architecture's"
     ),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("auto", help="auto, fp32, fp16 or bf16 (half only if safe)."),
@@ -103,12 +141,16 @@ def restore(
         suffix=suffix, fmt=fmt, recursive=recursive, overwrite=overwrite,
         side_by_side=side_by_side, tile=parse_tile(tile), tile_overlap=tile_overlap,
         device=device, precision=precision, batch_size=batch_size, max_pixels=max_pixels,
+        arch=arch, kernel=kernel,
     )  # fmt: skip
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[rate]}"),
         console=err_console,
         disable=as_json or not is_tty(),
         transient=True,

@@ -86,7 +86,7 @@ class BlurSummary:
     manifest: Path
     total: int = 0
     written: int = 0
-    skipped: int = 0
+    skipped: list[str] = field(default_factory=list)  # already done (resumed), by rel path
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -100,7 +100,7 @@ class BlurSummary:
             "manifest": str(self.manifest),
             "total": self.total,
             "written": self.written,
-            "skipped": self.skipped,
+            "skipped": [{"path": p} for p in self.skipped],
             "failed": [{"path": p, "error": e} for p, e in self.failed],
             "seconds": round(self.seconds, 3),
         }
@@ -178,7 +178,7 @@ def synthesize_dataset(
     jobs: list[_Job] = []
     for rel in rels:
         if not overwrite and _is_done(out, rel, known.get(rel)):
-            summary.skipped += 1
+            summary.skipped.append(rel)
             _emit(progress, summary, rel, "skipped")
         else:
             jobs.append(_Job(src / rel, rel, out, kind, seed, options, geometry, settings))
@@ -213,7 +213,7 @@ def _emit(
     message: str = "",
 ) -> None:
     if progress is not None:
-        done = s.written + s.skipped + len(s.failed)
+        done = s.written + len(s.skipped) + len(s.failed)
         progress(BlurEvent(rel=rel, status=status, done=done, total=s.total, message=message))
 
 

@@ -57,6 +57,7 @@ class EvalOptions:
     precision: str = "fp32"  # scores must not depend on the GPU's half-precision support
     limit: int | None = None
     sample: int = 4  # pairs whose pictures are kept for the report grid
+    arch: str | None = None  # architecture of checkpoints that do not name theirs (.pth)
 
 
 @dataclass
@@ -124,6 +125,7 @@ class EvalResult:
                 "settings": self.settings,
                 "rows": [asdict(r) for r in self.rows],
                 "problems": self.problems,
+                "skipped": _skipped(self.problems),
                 "notes": self.notes,
                 "images_scored": len({s.image for s in self.images}),
             }
@@ -147,6 +149,11 @@ class Candidate:
     seconds: float = 0.0
     megapixels: float = 0.0
     kernels_used: int = 0
+
+
+def _skipped(problems: list[str]) -> list[dict[str, str]]:
+    """Problem lines ("PATH: why") as the JSON ``skipped`` list every command prints."""
+    return [dict(zip(("path", "error"), line.split(": ", 1), strict=False)) for line in problems]
 
 
 def _finite(value: Any) -> Any:
@@ -232,7 +239,7 @@ def resolve_candidates(
             candidates.append(_baseline_candidate(value, key))
         else:
             try:
-                model = load_model(value)
+                model = load_model(value, arch=options.arch)
             except WeightsUnavailableError as exc:
                 if not from_all:
                     raise

@@ -8,6 +8,7 @@ model works on the current one. Outputs are written atomically, existing outputs
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import time
 from collections.abc import Iterable
@@ -32,11 +33,20 @@ from deblurcli.imageio import (
     to_tensor_layout,
     write_image,
 )
+from deblurcli.inference.classical import (
+    CLASSICAL_MODELS,
+    NEEDS_KERNEL,
+    create_classical,
+    load_kernel_file,
+)
 from deblurcli.inference.device import pick_device, resolve_precision
 from deblurcli.inference.distributed import rank_and_world, shard
-from deblurcli.inference.engine import restore_tensor
+from deblurcli.inference.engine import check_tiling, restore_tensor
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SUFFIX = "_deblurred"
+_PRECISION_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 _EXT_BY_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}
 
 
@@ -48,12 +58,21 @@ class Job:
 
 @dataclass
 class RestoreSummary:
-    """What a batch did; ``failed`` holds (path, one-line reason)."""
+    """What a batch did; ``failed`` holds (path, one-line reason).
+
+    ``megapixels`` counts the images that were restored and written, not the failed ones
+    (``seconds`` is the whole batch's time); ``outputs`` maps each done or skipped input to
+    its output file.
+    """
 
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)
     model: str = ""  # what restored them: the name or path asked for, or the default's name
+    output: str = ""  # the -o folder (or file); empty: next to each input
+    device: str = ""
+    precision: str = ""  # what ran: fp32, fp16 or bf16
     megapixels: float = 0.0
     seconds: float = 0.0
     rank: int = 0
@@ -69,6 +88,9 @@ class RestoreSummary:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        del data["outputs"]
+        for key in ("done", "skipped"):
+            data[key] = [{"path": p, "output": self.outputs.get(p)} for p in getattr(self, key)]
         data["failed"] = [{"path": p, "error": e} for p, e in self.failed]
         data["megapixels_per_second"] = round(self.megapixels_per_second, 4)
         return data
@@ -80,17 +102,30 @@ class Reporter:
     def start(self, total: int) -> None: ...
     def file_started(self, job: Job) -> None: ...
     def tiles(self, done: int, total: int) -> None: ...
-    def file_finished(self, job: Job, status: str) -> None: ...
+    def file_finished(self, job: Job, status: str, megapixels: float = 0.0) -> None:
+        """``megapixels``: the image's size when it was restored and written, else 0."""
 
 
-def resolve_model(value: nn.Module | str | os.PathLike[str] | None) -> nn.Module:
-    """A loaded model as is; else ``load_model(value)`` (a name, path, hf:// URL, or None for
-    the manifest's default, which raises a one-line error while no weights are published)."""
+def resolve_model(
+    value: nn.Module | str | os.PathLike[str] | None,
+    arch: str | None = None,
+    kernel: str | os.PathLike[str] | np.ndarray | None = None,
+) -> nn.Module:
+    """A loaded model as is; a classical method by name (``unsharp``, or ``wiener`` /
+    ``richardson-lucy`` with ``kernel``, an array or ``.npy`` file); else
+    ``load_model(value, arch=arch)`` (a name, path, hf:// URL, or None for the manifest's
+    default; ``arch`` for files that do not name their own)."""
     if isinstance(value, nn.Module):
         return value
+    if isinstance(value, str) and value in CLASSICAL_MODELS and not Path(value).exists():
+        if kernel is not None and not isinstance(kernel, np.ndarray):
+            kernel = load_kernel_file(kernel)
+        return create_classical(value, kernel)
+    if kernel is not None:
+        raise UsageError(f"--kernel is for --model {' or '.join(NEEDS_KERNEL)}")
     from deblurcli.weights.resolve import load_model
 
-    return load_model(value)
+    return load_model(value, arch=arch)
 
 
 def model_label(value: nn.Module | str | os.PathLike[str] | None, net: nn.Module) -> str:
@@ -226,12 +261,17 @@ def restore(
     batch_size: int = 1,
     jpeg_quality: int = 95,
     max_pixels: int | None = None,
+    arch: str | None = None,
+    kernel: str | os.PathLike[str] | np.ndarray | None = None,
     reporter: Reporter | None = None,
 ) -> RestoreSummary:
     """Deblur every image named by ``inputs`` and write the results; never raises per file.
 
     Outputs: ``output`` folder (mirroring folder inputs) or, without one, next to each input
     with ``suffix`` (default ``_deblurred``). Under torchrun each rank does its share.
+    ``arch`` names the architecture of a checkpoint that does not (a ``.pth`` file);
+    ``model="unsharp"``, ``"wiener"`` or ``"richardson-lucy"`` runs a classical method (the
+    last two need ``kernel``, the blur kernel as an array or a ``.npy`` file).
     """
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
@@ -239,30 +279,36 @@ def restore(
         set_max_image_pixels(max_pixels if max_pixels > 0 else None)
     rank, world = rank_and_world()
     jobs, problems = plan_jobs(inputs, output, suffix=suffix, fmt=fmt, recursive=recursive)
-    summary = RestoreSummary(rank=rank, world_size=world)
+    summary = RestoreSummary(rank=rank, world_size=world, output=_output_label(output))
     summary.failed += problems if rank == 0 else []
     jobs = shard(jobs, rank, world)
     todo = []
     for job in jobs:
         if job.target.exists() and not overwrite:
             summary.skipped.append(str(job.source))
+            summary.outputs[str(job.source)] = str(job.target)
         else:
             todo.append(job)
     reporter = reporter or Reporter()
     reporter.start(len(todo))
     if not todo:
         return summary
-    net = resolve_model(model)
+    net = resolve_model(model, arch, kernel)
     summary.model = model_label(model, net)
+    warning = check_tiling(net, tile, tile_overlap)  # one usage error, not one per file
+    if warning:
+        log.warning("%s", warning)
     dev = pick_device(device)
-    resolve_precision(precision, dev, net)  # a bad --precision is one usage error, not N failures
+    # A bad --precision is one usage error, not N failures.
+    dtype = resolve_precision(precision, dev, net)
+    summary.device, summary.precision = str(dev), _PRECISION_NAMES.get(dtype, "fp32")
     engine = dict(
         tile=tile, tile_overlap=tile_overlap, device=dev, precision=precision,
         batch_size=batch_size, progress=reporter.tiles,
     )  # fmt: skip
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="deblur-io") as pool:
-        writes: list[tuple[Job, Future[Any]]] = []
+        writes: list[tuple[Job, float, Future[Any]]] = []
         ahead = pool.submit(_load, todo[0].source, side_by_side)
         for i, job in enumerate(todo):
             current = ahead
@@ -277,12 +323,15 @@ def restore(
                 reporter.file_finished(job, "failed")
                 continue
             kw = {"fmt": fmt, "jpeg_quality": jpeg_quality}
-            writes.append((job, pool.submit(write_image, job.target, result, **kw)))
-            summary.megapixels += mp
+            writes.append((job, mp, pool.submit(write_image, job.target, result, **kw)))
             writes = _collect_writes(writes, summary, reporter, wait=len(writes) > 1)
         _collect_writes(writes, summary, reporter, wait=True)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _output_label(output: str | os.PathLike[str] | None) -> str:
+    return "" if output is None else str(output)
 
 
 def _one_line(exc: BaseException, path: Path | None = None) -> str:
@@ -333,15 +382,15 @@ def _restore_file(
 
 
 def _collect_writes(
-    writes: list[tuple[Job, Future[Any]]],
+    writes: list[tuple[Job, float, Future[Any]]],
     summary: RestoreSummary,
     reporter: Reporter,
     wait: bool,
-) -> list[tuple[Job, Future[Any]]]:
+) -> list[tuple[Job, float, Future[Any]]]:
     pending = []
-    for job, fut in writes:
+    for job, mp, fut in writes:
         if not wait and not fut.done():
-            pending.append((job, fut))
+            pending.append((job, mp, fut))
             continue
         try:
             fut.result()
@@ -350,5 +399,7 @@ def _collect_writes(
             reporter.file_finished(job, "failed")
             continue
         summary.done.append(str(job.source))
-        reporter.file_finished(job, "done")
+        summary.outputs[str(job.source)] = str(job.target)
+        summary.megapixels += mp  # finished images only: a failed write adds nothing
+        reporter.file_finished(job, "done", mp)
     return pending

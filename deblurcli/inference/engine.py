@@ -76,6 +76,33 @@ def parse_tile(value: int | str) -> int | str:
     return value
 
 
+def min_tile(model: nn.Module) -> int:
+    """The smallest ``--tile`` worth running: twice the size multiple, and at least 64."""
+    return max(MIN_TILE, 2 * size_multiple(model))
+
+
+def check_tiling(model: nn.Module, tile: int | str, tile_overlap: int | None) -> str | None:
+    """Refuse a tile below :func:`min_tile` or a negative overlap (:class:`UsageError`);
+    returns a warning when the overlap is half the tile or more (most work is redone)."""
+    if tile_overlap is not None and tile_overlap < 0:
+        raise UsageError(f"--tile-overlap must be >= 0, not {tile_overlap}")
+    side = parse_tile(tile)
+    if side == "auto" or side == 0:
+        return None
+    smallest = min_tile(model)
+    if side < smallest:
+        raise UsageError(f"--tile {side} is too small for this model; use {smallest} or more")
+    overlap = default_overlap(model) if tile_overlap is None else tile_overlap
+    if overlap and 2 * overlap >= side:
+        multiple = size_multiple(model)
+        suggested = -(-max(4 * overlap, smallest) // multiple) * multiple
+        return (
+            f"--tile-overlap {overlap} is half of --tile {side} or more, so most of each tile "
+            f"is computed twice; use --tile {suggested} or more (or a smaller --tile-overlap)"
+        )
+    return None
+
+
 @torch.inference_mode()
 def restore_tensor(
     model: nn.Module,
@@ -110,6 +137,8 @@ def restore_tensor(
     if gray:
         batch = batch.expand(-1, 3, -1, -1)
     multiple = size_multiple(model)
+    if tile_overlap is not None and tile_overlap < 0:
+        raise UsageError(f"--tile-overlap must be >= 0, not {tile_overlap}")
     overlap = default_overlap(model) if tile_overlap is None else int(tile_overlap)
     overlap = -(-max(overlap, 0) // multiple) * multiple
     side = parse_tile(tile)

@@ -125,6 +125,10 @@ class TrainResult:
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["run_dir"], out["model_path"] = str(self.run_dir), str(self.model_path)
+        # the shape every command's JSON gives its skipped inputs
+        out["skipped"] = [
+            dict(zip(("path", "error"), p.split(": ", 1), strict=False)) for p in self.problems
+        ]
         return out
 
 

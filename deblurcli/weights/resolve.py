@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deblurcli.archs import get_spec
 from deblurcli.errors import CheckpointError, ChecksumError, WeightsUnavailableError
 from deblurcli.weights import hub
 from deblurcli.weights.checkpoint import ARCH_KEY, load_checkpoint, read_metadata
@@ -205,15 +206,17 @@ def _sidecar_config(path: Path, ref: HubRef | None) -> dict[str, Any] | None:
     return data
 
 
-def _load(path: Path, entry: PretrainedEntry | None, ref: HubRef | None) -> nn.Module:
-    arch: str | None = None
+def _load(
+    path: Path, entry: PretrainedEntry | None, ref: HubRef | None, arch: str | None = None
+) -> nn.Module:
     config: dict[str, Any] | None = None
     legacy = path.suffix in {".pth", ".pt"}
-    if legacy or ARCH_KEY not in read_metadata(path):
-        if entry is not None:
-            arch, config = entry.arch, entry.config
-        elif (side := _sidecar_config(path, ref)) is not None:
-            arch, config = side["arch"], dict(side.get("config") or {})
+    if not (legacy or ARCH_KEY not in read_metadata(path)):
+        arch = None  # the file says what it is
+    elif entry is not None:
+        arch, config = entry.arch, entry.config
+    elif arch is None and (side := _sidecar_config(path, ref)) is not None:
+        arch, config = side["arch"], dict(side.get("config") or {})
     model = load_checkpoint(path, arch=arch, config=config)
     if entry is not None:
         _check_matches_entry(path, model, entry)
@@ -257,10 +260,13 @@ def resolve_model(
     *,
     manifest: ManifestLike = None,
     verify: bool = True,
+    arch: str | None = None,
 ) -> ResolvedModel:
     """Like :func:`load_model` (fp32, eval mode, on the CPU), keeping the file it came from."""
+    if arch is not None:
+        get_spec(arch)  # an unknown --arch is a usage error even for a file that needs none
     path, entry, ref = _resolve(value, manifest, verify)
-    return ResolvedModel(_load(path, entry, ref).eval(), path, entry)
+    return ResolvedModel(_load(path, entry, ref, arch).eval(), path, entry)
 
 
 def load_model(
@@ -269,10 +275,12 @@ def load_model(
     device: str | torch.device = "cpu",
     manifest: ManifestLike = None,
     verify: bool = True,
+    arch: str | None = None,
 ) -> nn.Module:
     """Load the model ``value`` names, in eval mode on ``device``.
 
     ``value`` is a manifest name (``arch`` or ``arch.tag``), a local checkpoint path (or run
     folder), or ``hf://owner/repo[/file][@rev]``; None means the manifest's default model.
+    ``arch`` names the architecture of a file that does not say (``.pth``, bare safetensors).
     """
-    return resolve_model(value, manifest=manifest, verify=verify).model.to(device)
+    return resolve_model(value, manifest=manifest, verify=verify, arch=arch).model.to(device)
