@@ -80,6 +80,22 @@ def prepare(
     )
 
 
+@app.command("pack")
+@friendly_errors
+def pack(
+    dest: Path = typer.Argument(..., help="Folder to write train/ and val/ into."),
+    root: Path | None = RootOption,
+) -> None:
+    """Copy the prepared photos as lossless WebP (same pixels, smaller) to carry elsewhere."""
+    sizes = photo_pool.pack(dest, root)
+    console.print(
+        f"packed into {dest}: "
+        + ", ".join(f"{split} {size / 1e6:.1f} MB" for split, size in sizes.items()),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command("list")
 @friendly_errors
 def list_photos(

@@ -253,6 +253,8 @@ class Trainer:
         self._setup_data()
         self.step = 0
         self.rate = 0.0
+        self.last_terms: dict[str, float] = {}
+        self._val_pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.best_psnr: float | None = None
         if self.state is not None:
             self._restore(self.state)
@@ -620,6 +622,22 @@ class Trainer:
         path = self._state_path()
         return str(path) if path.exists() else "none yet (no checkpoint was written)"
 
+    def _validation_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The validation crops, decoded and degraded once (their blur depends on the name only)."""
+        if self._val_pairs is None:
+            self._val_pairs = []
+            assert self.val_set is not None
+            for i in range(len(self.val_set)):
+                if i in self.val_set.bad:
+                    continue
+                try:
+                    blurred, sharp, skipped = self.val_set[i]
+                except ds.DataError:  # every validation image is unreadable
+                    break
+                self.problems += [f"{n}: unreadable, skipped" for n in skipped.split("|") if n]
+                self._val_pairs.append((blurred[None], sharp[None]))
+        return self._val_pairs
+
     @torch.no_grad()
     def validate(self) -> float | None:
         """Mean PSNR (dB) of the model on the validation crops, in fp32."""
@@ -627,32 +645,77 @@ class Trainer:
             return None
         self.model.eval()
         values = []
-        for i in range(len(self.val_set)):
-            if i in self.val_set.bad:
-                continue
-            try:
-                blurred, sharp, skipped = self.val_set[i]
-            except ds.DataError:  # every validation image is unreadable
-                break
-            self.problems += [f"{n}: unreadable, skipped" for n in skipped.split("|") if n]
-            out = self.model(blurred[None].to(self.device)).float().clamp(0, 1)
-            values.append(psnr(out.cpu(), sharp[None]).clamp(max=100.0))
+        for blurred, sharp in self._validation_pairs():
+            out = self.model(blurred.to(self.device)).float().clamp(0, 1)
+            values.append(psnr(out.cpu(), sharp).clamp(max=100.0))
         self.model.train()
         return float(torch.cat(values).mean()) if values else None
 
     # ---------------------------------------------------------------- loop
     def run(self) -> TrainResult:
         cfg = self.cfg
-        if self.dist.is_main:
-            self._prepare_run_dir()
+        self.begin()
         end = cfg.steps if cfg.stop_after is None else min(cfg.steps, self.step + cfg.stop_after)
-        start = self.step
-        batches = self._loader()
+        batches = self.batches()
         try:
-            last = self._loop(batches, end)
+            with _progress(
+                cfg.progress and self.dist.is_main, cfg.steps, self.step, self._patches_per_step
+            ) as bar:
+                while self.step < end:
+                    self.advance(next(batches))
+                    bar(self.step, self.last_terms, self.rate)
+                    if self.step % cfg.val_every == 0 or self.step == end:
+                        self._validate_and_export()
+                    if self.step % cfg.ckpt_every == 0 or self.step == end:
+                        self.save()
         finally:
             del batches  # shuts the worker processes down now, even on an error
+        return self.finish()
+
+    # ------------------------------------------------- step-level API (runs, cohorts)
+    def begin(self) -> None:
+        """Write the run folder's ``config.json`` and start the patches/s clock."""
         if self.dist.is_main:
+            self._prepare_run_dir()
+        self._start_step = self.step
+        self._clock = (time.perf_counter(), self.step)
+
+    @property
+    def _patches_per_step(self) -> int:
+        return self.cfg.batch_size * self.dist.world
+
+    def batches(self) -> Iterator[Any]:
+        """The endless stream of training batches (``(blurred, sharp, skipped)``)."""
+        return self._loader()
+
+    def advance(self, batch: tuple[torch.Tensor, torch.Tensor, Any]) -> dict[str, float]:
+        """One step on ``batch`` with its bookkeeping (problems, patches/s, train log)."""
+        for names in batch[2]:
+            self.problems += [f"{n}: unreadable, skipped" for n in names.split("|") if n]
+        self.last_terms = self.train_step(batch)
+        t0, n0 = self._clock
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        self.rate = (self.step - n0) * int(batch[0].shape[0]) * self.dist.world / elapsed
+        if self.dist.is_main and self.step % self.cfg.log_every == 0:
+            self._log_train(self.last_terms, self.rate)
+        return self.last_terms
+
+    def validate_and_export(self) -> float | None:
+        """Validate now; export ``model.safetensors`` when this is the best so far."""
+        self._validate_and_export()
+        return self.best_psnr
+
+    def save(self) -> None:
+        """Write the resumable training state (and the exports) and flush the metrics."""
+        self._save_state()
+        if self.dist.is_main:
+            self.metrics.flush()
+
+    def finish(self) -> TrainResult:
+        """Flush the log, draw the curves and describe the run."""
+        if self.dist.is_main:
+            if self.last_terms and self.step % self.cfg.log_every:
+                self._log_train(self.last_terms, self.rate)
             self.metrics.flush()
             self.metrics.plot()
         dd.barrier(self.dist)
@@ -660,41 +723,18 @@ class Trainer:
             run_dir=self.run_dir,
             model_path=self.run_dir / "model.safetensors",
             step=self.step,
-            steps=cfg.steps,
-            last_loss=last["loss"],
+            steps=self.cfg.steps,
+            last_loss=self.last_terms.get("loss", float("nan")),
             best_psnr=self.best_psnr,
             perceptual=self.perceptual,
             precision=self.prec.name,
             channels_last=self.prec.channels_last,
             patches_per_s=self.rate,
             problems=sorted(set(self.problems)),
-            new_steps=self.step - start,
-            arch=cfg.arch,
+            new_steps=self.step - self._start_step,
+            arch=self.cfg.arch,
             init=self.lineage,
         )
-
-    def _loop(self, batches: Iterator[Any], end: int) -> dict[str, float]:
-        cfg = self.cfg
-        last: dict[str, float] = {"loss": float("nan")}
-        t0, n0 = time.perf_counter(), self.step
-        bs = cfg.batch_size * self.dist.world
-        with _progress(cfg.progress and self.dist.is_main, cfg.steps, self.step, bs) as bar:
-            while self.step < end:
-                batch = next(batches)
-                for names in batch[2]:
-                    self.problems += [f"{n}: unreadable, skipped" for n in names.split("|") if n]
-                last = self.train_step(batch)
-                self.rate = (self.step - n0) * bs / max(time.perf_counter() - t0, 1e-9)
-                if self.dist.is_main and (self.step % cfg.log_every == 0 or self.step == end):
-                    self._log_train(last, self.rate)
-                bar(self.step, last, self.rate)
-                if self.step % cfg.val_every == 0 or self.step == end:
-                    self._validate_and_export()
-                if self.step % cfg.ckpt_every == 0 or self.step == end:
-                    self._save_state()
-                    if self.dist.is_main:
-                        self.metrics.flush()
-        return last
 
     def _prepare_run_dir(self) -> None:
         try:

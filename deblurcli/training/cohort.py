@@ -1,0 +1,185 @@
+"""Train several models at once on shared batches, within a wall-clock budget.
+
+The GPU run of the pretrained pipeline trains all six architectures in one process. The
+degradation is done on the CPU by the data loader's workers (3–5 ms per 128² patch and
+core), so six separate runs would need six times the patches; here one loader feeds every
+model the same batches and each model takes one step per batch in turn. Every member is
+an ordinary :class:`~deblurcli.training.trainer.Trainer` with its own run folder, recipe,
+optimiser and validation, so what a cohort writes is what ``deblur train`` writes.
+
+The learning-rate schedule needs a step count, which a time budget does not give: after a
+short calibration the rounds per second are measured and each member's ``steps`` is set to
+the rounds that fit the budget (re-estimated at every checkpoint). Members validate and
+export every ``checkpoint_s`` seconds and at the end, so a run cut short keeps its best
+weights; ``on_checkpoint`` is called after each, for example to pack the exports.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from deblurcli.errors import UsageError
+from deblurcli.training.trainer import TrainConfig, Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+# Data settings every member must share: they all train on the same batches.
+_SHARED = ("data", "sharp", "blurred", "val", "degrade", "patch_size", "batch_size", "seed")
+_NOMINAL_STEPS = 10**6  # the schedule's length until calibration measures the real one
+
+
+@dataclass
+class CohortResult:
+    """What the cohort did: each member's result or error, and the rounds it ran."""
+
+    results: dict[str, TrainResult]
+    errors: dict[str, str]
+    rounds: int
+    seconds: float
+
+
+def _check_shared(configs: Mapping[str, TrainConfig]) -> None:
+    first_name, first = next(iter(configs.items()))
+    for name, cfg in configs.items():
+        for key in _SHARED:
+            if getattr(cfg, key) != getattr(first, key):
+                raise UsageError(
+                    f"cohort members share their data: {name} has {key}={getattr(cfg, key)!r}, "
+                    f"{first_name} has {getattr(first, key)!r}"
+                )
+
+
+def _on_device(batch: Any, device: torch.device) -> Any:
+    """Move the shared batch once; members then find it already there."""
+    blurred, sharp, skipped = batch
+    return blurred.to(device, non_blocking=True), sharp.to(device, non_blocking=True), skipped
+
+
+class Cohort:
+    """Members trained round-robin on one loader's batches; see the module docstring."""
+
+    def __init__(
+        self,
+        configs: Mapping[str, TrainConfig],
+        *,
+        seconds: float,
+        checkpoint_s: float = 90.0,
+        calibrate_s: float = 20.0,
+        final_s: float = 10.0,
+        max_rounds: int | None = None,
+        on_checkpoint: Callable[[Cohort], None] | None = None,
+    ):
+        if not configs:
+            raise UsageError("a cohort needs at least one model")
+        if seconds <= 0:
+            raise UsageError(f"the time budget must be positive, got {seconds} s")
+        _check_shared(configs)
+        self.seconds, self.checkpoint_s, self.calibrate_s = seconds, checkpoint_s, calibrate_s
+        # Time kept for the last checkpoint; raised to what the periodic ones really took.
+        self.final_s = final_s
+        self.on_checkpoint = on_checkpoint
+        self.max_rounds = max_rounds  # a smoke run's cap; the clock is the real limit
+        self.errors: dict[str, str] = {}
+        self.trainers: dict[str, Trainer] = {}
+        for name, cfg in configs.items():
+            # Validation and checkpoints follow the clock, not the step count.
+            cfg = replace(cfg, steps=_NOMINAL_STEPS, val_every=_NOMINAL_STEPS)
+            self.trainers[name] = Trainer(replace(cfg, ckpt_every=_NOMINAL_STEPS))
+        self.rounds = 0
+        self.started = 0.0
+
+    @property
+    def active(self) -> dict[str, Trainer]:
+        return {n: t for n, t in self.trainers.items() if n not in self.errors}
+
+    def _fail(self, name: str, exc: BaseException) -> None:
+        self.errors[name] = f"{type(exc).__name__}: {exc}"
+        log.error("%s dropped from the cohort at round %d: %s", name, self.rounds, exc)
+
+    def _set_schedule(self, rate: float, elapsed: float) -> None:
+        """Stretch every member's schedule over the rounds the rest of the budget holds."""
+        left = max(0.0, self.seconds - self.final_s - elapsed)
+        total = self.rounds + int(rate * left)
+        for trainer in self.active.values():
+            trainer.cfg.steps = max(total, trainer.step + 1)
+        log.info("schedule: %d steps per model (%.2f rounds/s)", total, rate)
+
+    def checkpoint(self) -> None:
+        """Validate and export every member; then ``on_checkpoint``."""
+        start = time.perf_counter()
+        for name, trainer in self.active.items():
+            try:
+                best = trainer.validate_and_export()
+                trainer.metrics.flush()
+                log.info(
+                    "%s step %d: %.1f patches/s, best val %s",
+                    name,
+                    trainer.step,
+                    trainer.rate,
+                    "-" if best is None else f"{best:.2f} dB",
+                )
+            except Exception as exc:  # one member's failure must not cost the others
+                self._fail(name, exc)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self)
+        self.final_s = max(self.final_s, 1.5 * (time.perf_counter() - start))
+
+    def run(self) -> CohortResult:
+        """Train until the budget is spent or every member has failed."""
+        first = next(iter(self.trainers.values()))
+        device = first.device
+        for trainer in self.trainers.values():
+            trainer.begin()
+        self.started = time.perf_counter()
+        batches = first.batches()
+        calibrated_at: tuple[float, int] | None = None
+        next_checkpoint = self.checkpoint_s
+        try:
+            while self.active and self.rounds != self.max_rounds:
+                elapsed = time.perf_counter() - self.started
+                if elapsed + self.final_s >= self.seconds:
+                    break
+                if calibrated_at is None and elapsed >= self.calibrate_s:
+                    calibrated_at = (elapsed, self.rounds)  # after start-up and autotuning
+                due = elapsed >= next_checkpoint and elapsed + 2 * self.final_s < self.seconds
+                if calibrated_at is not None and due:
+                    t0, r0 = calibrated_at
+                    self._set_schedule((self.rounds - r0) / max(elapsed - t0, 1e-9), elapsed)
+                    self.checkpoint()
+                    next_checkpoint = elapsed + self.checkpoint_s
+                self._round(_on_device(next(batches), device))
+                if calibrated_at is not None and calibrated_at[1] == self.rounds - 1:
+                    self._set_schedule(self.rounds / max(elapsed, 1e-9), elapsed)
+        finally:
+            del batches
+        seconds = time.perf_counter() - self.started
+        self.checkpoint()
+        results = {}
+        for name, trainer in self.active.items():
+            try:
+                results[name] = trainer.finish()
+            except Exception as exc:
+                self._fail(name, exc)
+        return CohortResult(results, dict(self.errors), self.rounds, seconds)
+
+    def _round(self, batch: Any) -> None:
+        for name, trainer in self.active.items():
+            try:
+                terms = trainer.advance(batch)
+            except Exception as exc:
+                self._fail(name, exc)
+                continue
+            if not math.isfinite(terms.get("loss", 0.0)):
+                self._fail(name, FloatingPointError(f"loss {terms['loss']}"))
+        self.rounds += 1
+
+
+def train_cohort(configs: Mapping[str, TrainConfig], **options: Any) -> CohortResult:
+    """Train ``configs`` (name → config) together; see :class:`Cohort` for ``options``."""
+    return Cohort(configs, **options).run()

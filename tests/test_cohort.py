@@ -1,0 +1,107 @@
+"""training.cohort: several models on one loader's batches, time-boxed, failures isolated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deblurcli.errors import UsageError
+from deblurcli.imageio import ImageData, write_image
+from deblurcli.training.cohort import Cohort
+from deblurcli.training.trainer import TrainConfig
+from deblurcli.weights import load_model
+from deblurcli.weights.bundle import read_bundle_index, unpack_bundle, write_bundle
+from tests.conftest import natural_image
+
+
+def _photos(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for i in range(3):
+        write_image(folder / f"p{i}.png", ImageData(natural_image(96, 112, seed=i)))
+    return folder
+
+
+def _config(arch: str, tmp_path: Path, data: Path, **changes) -> TrainConfig:
+    options = dict(
+        arch=arch,
+        out=tmp_path / arch,
+        data=data,
+        degrade="gaussian",
+        patch_size=32,
+        batch_size=2,
+        width="tiny",
+        adversarial=False,
+        val_images=2,
+        log_every=1,
+    )
+    return TrainConfig(**{**options, **changes})
+
+
+def test_members_must_share_their_data(tmp_path: Path) -> None:
+    data = _photos(tmp_path / "photos")
+    configs = {
+        "a": _config("simplecnn", tmp_path, data),
+        "b": _config("skipae", tmp_path, data, patch_size=64),
+    }
+    with pytest.raises(UsageError, match="patch_size"):
+        Cohort(configs, seconds=5)
+
+
+def test_a_failing_member_is_dropped_and_the_others_go_on(tmp_path: Path) -> None:
+    data = _photos(tmp_path / "photos")
+    configs = {a: _config(a, tmp_path, data) for a in ("simplecnn", "transformnet")}
+    packed = []
+    cohort = Cohort(
+        configs,
+        seconds=300,  # the round cap ends it: the test does not depend on this machine's speed
+        max_rounds=6,
+        calibrate_s=0,
+        checkpoint_s=2,
+        final_s=1,
+        on_checkpoint=lambda c: packed.append(c.rounds),
+    )
+    broken = cohort.trainers["transformnet"]
+    real_step = broken.train_step
+
+    def fail_on_third_step(batch):
+        if broken.step == 2:
+            raise RuntimeError("simulated CUDA error")
+        return real_step(batch)
+
+    broken.train_step = fail_on_third_step
+    result = cohort.run()
+    assert "simulated CUDA error" in result.errors["transformnet"]
+    assert broken.step == 2
+    good = cohort.trainers["simplecnn"]
+    assert result.results["simplecnn"].step == result.rounds == 6
+    # After calibration the schedule spans the budget, not the nominal million steps.
+    assert good.cfg.steps < 10**6
+    assert packed and packed[-1] == result.rounds  # the final checkpoint packs too
+    assert (tmp_path / "simplecnn" / "model.safetensors").is_file()
+    rows = (tmp_path / "simplecnn" / "metrics.csv").read_text().splitlines()
+    assert any(",val," in r for r in rows) and any(",train," in r for r in rows)
+
+
+def test_bundle_round_trip_with_shards(tmp_path: Path) -> None:
+    from deblurcli.archs import create, get_spec
+    from deblurcli.weights.checkpoint import save_checkpoint
+
+    files = {}
+    for arch in ("simplecnn", "skipae"):
+        model = create(arch, **get_spec(arch).tiny_config)
+        files[arch] = save_checkpoint(model, tmp_path / f"{arch}.safetensors", metadata={"k": arch})
+    first = write_bundle(files, tmp_path / "b", max_shard_bytes=20_000, extra={"note": 1})
+    assert len([f for f in first if f.suffix == ".safetensors"]) > 2  # sharded
+    second = write_bundle(files, tmp_path / "b", max_shard_bytes=20_000)
+    assert not any(f.exists() for f in first if f.suffix == ".safetensors")  # old generation gone
+    assert all(f.exists() for f in second)
+    assert read_bundle_index(tmp_path / "b")["generation"] == 1
+    for arch, path in unpack_bundle(tmp_path / "b", tmp_path / "out").items():
+        model = load_model(path)
+        original = load_model(files[arch])
+        for key, value in original.state_dict().items():
+            assert (model.state_dict()[key] - value).abs().max() <= 1e-3 * value.abs().max() + 1e-3
+        from deblurcli.weights.checkpoint import read_metadata
+
+        assert read_metadata(path)["k"] == arch
