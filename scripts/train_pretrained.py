@@ -36,6 +36,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+STARTED = time.perf_counter()  # a time-boxed run counts its start-up (torch is imported later)
 REPO = Path(__file__).resolve().parent.parent
 PLAN_PATH = Path(__file__).resolve().parent / "pretrained_plan.toml"
 # This checkout's package, not whichever deblurcli happens to be installed.
@@ -59,6 +60,9 @@ _DEFAULT_KEYS = {
     "default_model",
     "vgg_weights",
 }
+
+
+_COHORT_KEYS = {"patch_size", "batch_size", "workers", "warmup", "checkpoint_minutes"}
 
 
 class PlanError(ValueError):
@@ -86,6 +90,16 @@ def load_plan(path: Path = PLAN_PATH) -> dict[str, dict[str, Any]]:
     if not plans:
         raise PlanError(f"{path}: no [arch.NAME] tables")
     return plans
+
+
+def load_cohort(path: Path = PLAN_PATH) -> dict[str, Any]:
+    """The plan's ``[cohort]`` table: settings of the time-boxed run of every arch at once."""
+    with open(path, "rb") as f:
+        table = tomllib.load(f).get("cohort", {})
+    unknown = set(table) - _COHORT_KEYS
+    if unknown:
+        raise PlanError(f"{path}: unknown [cohort] key(s) {', '.join(sorted(unknown))}")
+    return table
 
 
 @dataclass
@@ -591,10 +605,13 @@ def pipeline(arch: str, plan: dict[str, Any], paths: Paths, args: argparse.Names
     out = Outcome(arch)
     run = paths.runs / arch
     log = run / "pipeline.log"
-    trained = train(arch, plan, paths, args.width)
+    bundled = getattr(args, "bundle", None) is not None
+    trained = args.bundle[arch] if bundled else train(arch, plan, paths, args.width)
     if args.train_only:
         return out
-    target = export_fp16(run, paths.pretrained / f"{arch}.safetensors")
+    # A cohort's model is staged in its run folder; it ships only if it beats the shipped one.
+    staging = run / "export" if bundled else paths.pretrained
+    target = export_fp16(run, staging / f"{arch}.safetensors")
     out.file = target
     model = load_model(target)
     info: dict[str, Any] = {
@@ -618,7 +635,8 @@ def pipeline(arch: str, plan: dict[str, Any], paths: Paths, args: argparse.Names
 
     paths.docs.mkdir(parents=True, exist_ok=True)
     bench = Path(info["eval"]["settings"]["data"])
-    info["picture_source"] = before_after(target, bench, paths.docs / f"{arch}.png")
+    picture = (run / "export" if bundled else paths.docs) / f"{arch}.png"
+    info["picture_source"] = before_after(target, bench, picture)
     out.entry = {
         "name": arch,
         "arch": arch,
@@ -633,8 +651,8 @@ def pipeline(arch: str, plan: dict[str, Any], paths: Paths, args: argparse.Names
         "scores": scores,
         "benchmark": benchmark_rule(bench),
         "shipped": True,
-        "description": f"{info['title']}, trained on CPU for {trained['step']} steps; "
-        f"recipe {info['recipe']}",
+        "description": f"{info['title']}, trained on {trained.get('device', 'CPU')} for "
+        f"{trained['step']} steps; recipe {info['recipe']}",
     }
     out.info = info
     return out
@@ -706,6 +724,58 @@ def summary_table(done: list[Outcome], default: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def beats_shipped(scores: dict[str, float], shipped: dict[str, float]) -> list[str]:
+    """Why ``scores`` do not beat the ``shipped`` model's (empty: they beat it everywhere).
+
+    Both the benchmark gain and, where both were measured, the check photos' gain must be
+    higher: a model better on one and worse on the other is not shipped.
+    """
+    reasons = []
+    for key in ("psnr_gain", "check_psnr_gain"):
+        if key in scores and key in shipped and scores[key] <= shipped[key]:
+            reasons.append(f"{key} {scores[key]:+.2f} dB <= shipped {shipped[key]:+.2f} dB")
+    return reasons
+
+
+def promote(outcome: Outcome, paths: Paths) -> bool:
+    """Ship a cohort-trained model (weights and picture) if it beats the shipped one."""
+    import shutil
+
+    with open(paths.manifest, "rb") as f:
+        entries = {m["name"]: m for m in tomllib.load(f).get("model", [])}
+    shipped = entries.get(outcome.arch, {}).get("scores", {})
+    reasons = beats_shipped(outcome.entry["scores"], shipped)
+    if reasons:
+        print(f"[{outcome.arch}] not shipped: {'; '.join(reasons)}", flush=True)
+        return False
+    assert outcome.file is not None
+    for source, target in (
+        (outcome.file, paths.pretrained / outcome.file.name),
+        (outcome.file.with_suffix(".png"), paths.docs / f"{outcome.arch}.png"),
+    ):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    outcome.file = paths.pretrained / outcome.file.name
+    return True
+
+
+def bundle_results(bundle: Path, runs: Path) -> dict[str, dict[str, Any]]:
+    """Unpack a cohort run's bundle into run folders; each arch's result, as train() gives."""
+    from deblurcli.weights.bundle import read_bundle_index, unpack_bundle
+
+    index = read_bundle_index(bundle)
+    results = {}
+    for arch, path in unpack_bundle(bundle, runs / "bundle").items():
+        run = runs / arch
+        run.mkdir(parents=True, exist_ok=True)
+        os.replace(path, run / "model.safetensors")
+        figures = index["figures"][arch]
+        if figures.get("config_json"):
+            (run / "config.json").write_text(json.dumps(figures["config_json"], indent=2))
+        results[arch] = {**figures, "command": index.get("command", "")}
+    return results
+
+
 def run_all(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Namespace) -> int:
     """Every arch's pipeline, ``args.jobs`` at a time; then cards and manifest. Exit status."""
 
@@ -718,6 +788,8 @@ def run_all(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Names
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         outcomes = list(pool.map(one, list(plans)))
     done = [o for o in outcomes if o.error is None and o.entry]
+    if getattr(args, "bundle", None) is not None:
+        done = [o for o in done if promote(o, paths)]
     choice = next(iter(plans.values())).get("default_model")
     default = pick_default(choice, done, paths.manifest) if done else None
     best = next((o for o in done if o.arch == default), None)
@@ -743,6 +815,239 @@ def run_all(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Names
         write_manifest(paths.manifest, [o.entry for o in done], default)
         print(f"manifest: {len(done)} model(s) written to {paths.manifest}", flush=True)
     return 1 if any(o.error for o in outcomes) else 0
+
+
+# ---------------------------------------------------------------- GPU cohort run
+
+# What the device machine gives back: at most 8 files, 16 MiB each, 64 MiB in all.
+RETURN_MAX_FILES = 8
+RETURN_MAX_FILE_BYTES = 16 * 2**20
+RETURN_MAX_TOTAL_BYTES = 64 * 2**20
+_FINAL_RESERVE_S = 10.0  # logging and the limit check after the cohort has packed
+
+
+def train_config(
+    arch: str, plan: dict[str, Any], cohort: dict[str, Any], paths: Paths, width: str, device: str
+):
+    """The :class:`TrainConfig` of ``arch`` for an in-process (cohort) run of the plan.
+
+    ``cohort``: the plan's ``[cohort]`` settings (patch and batch size, workers, warm-up)
+    with the command line's overrides. Warm-started models get the warm-up: a fresh Adam's
+    first steps move every weight by about the learning rate and undo a trained model.
+    """
+    from deblurcli.training.trainer import TrainConfig
+
+    init = warm_start(arch, plan, width, paths.manifest)
+    options: dict[str, Any] = {}
+    for key in ("lr", "loss", "schedule", "n_critic"):
+        if plan.get(key) is not None:
+            options[key] = plan[key]
+    if plan.get("vgg_weights"):
+        options["vgg_weights"] = Path(plan["vgg_weights"]).expanduser()
+    return TrainConfig(
+        arch=arch,
+        out=paths.runs / arch,
+        data=paths.train_photos,
+        val=paths.val_photos,
+        degrade=plan["degrade"],
+        patch_size=cohort.get("patch_size", plan["patch_size"]),
+        batch_size=cohort.get("batch_size", plan["batch_size"]),
+        seed=plan["seed"],
+        precision=plan["precision"],
+        device=device,
+        workers=cohort.get("workers", 0),
+        width=width,
+        arch_config=dict(plan["config"]) if width == "default" else {},
+        adversarial=plan.get("adversarial") is not False,
+        init=init,
+        warmup=cohort.get("warmup") if init else None,
+        val_images=8,
+        # Every loader worker keeps the decoded photos: redecoding a photo per patch would
+        # cost more than its blur (the 23 photos take ~0.4 GB per worker).
+        cache=True,
+        **options,
+    )
+
+
+def warm_start(arch: str, plan: dict[str, Any], width: str, manifest: Path) -> str | None:
+    """The shipped model to start from: the one of ``arch`` when the plan's config is its."""
+    from deblurcli.archs import resolve_config
+    from deblurcli.weights.manifest import load_manifest
+
+    if width != "default":
+        return None
+    entries = [e for e in load_manifest(manifest).entries if e.name == arch and e.arch == arch]
+    if not entries or not entries[0].package_path.is_file():
+        return None
+
+    def model_keys(config: dict[str, Any]) -> dict[str, Any]:
+        full = resolve_config(arch, **config)
+        return {k: v for k, v in full.items() if k != "encoder_weights"}  # an init choice
+
+    same = model_keys(dict(entries[0].config)) == model_keys(plan["config"])
+    return str(entries[0].package_path) if same else None
+
+
+def return_limit_problems(folder: Path) -> list[str]:
+    """Why ``folder`` could not come back whole from the device machine (empty: it can)."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    problems = []
+    if len(files) > RETURN_MAX_FILES:
+        problems.append(f"{len(files)} files (at most {RETURN_MAX_FILES})")
+    for f in files:
+        if f.stat().st_size > RETURN_MAX_FILE_BYTES:
+            problems.append(f"{f.name}: {f.stat().st_size} bytes (at most 16 MiB)")
+        if len(f.relative_to(folder).parts) > 2:
+            problems.append(f"{f.relative_to(folder)}: deeper than two folders")
+    total = sum(f.stat().st_size for f in files)
+    if total > RETURN_MAX_TOTAL_BYTES:
+        problems.append(f"{total} bytes in all (at most 64 MiB)")
+    return problems
+
+
+def merge_metrics(runs: Path, archs: list[str], target: Path) -> None:
+    """Every run's ``metrics.csv`` as one file with an ``arch`` column."""
+    import csv
+    import io
+
+    from deblurcli.imageio import atomic_write_bytes
+
+    buf = io.StringIO()
+    writer = None
+    for arch in archs:
+        path = runs / arch / "metrics.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                if writer is None:
+                    writer = csv.DictWriter(buf, fieldnames=["arch", *row])
+                    writer.writeheader()
+                writer.writerow({"arch": arch, **row})
+    atomic_write_bytes(target, buf.getvalue().encode())
+
+
+def cohort_figures(cohort: Any) -> dict[str, Any]:
+    """Per-model figures of a cohort so far, for the bundle index and the summary."""
+    figures: dict[str, Any] = {}
+    for arch, trainer in cohort.trainers.items():
+        cfg = trainer.cfg
+        figures[arch] = {
+            "step": trainer.step,
+            "patches": trainer.step * cfg.batch_size,
+            "patches_per_s": round(trainer.rate, 1),
+            "best_psnr": trainer.best_psnr,
+            "precision": trainer.prec.name,
+            "device": str(trainer.device),
+            "init": cfg.init,
+            "error": cohort.errors.get(arch),
+            "config_json": json.loads((cfg.out / "config.json").read_text(encoding="utf-8"))
+            if (cfg.out / "config.json").is_file()
+            else None,
+        }
+    return figures
+
+
+def pack_cohort(cohort: Any, out: Path, started: float) -> None:
+    """Write the bundle of every exported model, metrics.csv and the figures into ``out``."""
+    from deblurcli.weights.bundle import write_bundle
+
+    models = {
+        arch: t.run_dir / "model.safetensors"
+        for arch, t in cohort.trainers.items()
+        if (t.run_dir / "model.safetensors").is_file()
+    }
+    extra = {
+        "command": shlex.join(["python", "scripts/train_pretrained.py", *sys.argv[1:]]),
+        "figures": cohort_figures(cohort),
+        "rounds": cohort.rounds,
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    write_bundle(models, out, extra=extra)
+    merge_metrics(
+        cohort.trainers[next(iter(cohort.trainers))].run_dir.parent,
+        list(models),
+        out / "metrics.csv",
+    )
+
+
+def cohort_run(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Namespace) -> int:
+    """``--minutes``: train every arch together, time-boxed, and pack the results in --out."""
+    import logging
+
+    import torch
+
+    from deblurcli.training.cohort import Cohort
+
+    started = STARTED
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger().addHandler(handler)
+    log = logging.getLogger("train_pretrained")
+    import deblurcli
+
+    log.info(
+        "deblurcli from %s, torch %s, device %s",
+        Path(deblurcli.__file__).parent,
+        torch.__version__,
+        args.device,
+    )
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # fixed patch shapes: autotune once
+        log.info("GPU: %s", torch.cuda.get_device_name())
+    cohort_plan = load_cohort(args.plan)
+    for key in ("patch_size", "batch_size", "workers", "checkpoint_minutes"):
+        if getattr(args, key) is not None:
+            cohort_plan[key] = getattr(args, key)
+    configs = {
+        arch: train_config(arch, plan, cohort_plan, paths, args.width, args.device)
+        for arch, plan in plans.items()
+    }
+    for arch, cfg in configs.items():
+        log.info("%s: init %s, config %s", arch, cfg.init or "random", cfg.arch_config)
+    deadline = started + args.minutes * 60 - _FINAL_RESERVE_S
+    cohort = Cohort(
+        configs,
+        seconds=max(1.0, deadline - time.perf_counter()),
+        checkpoint_s=cohort_plan.get("checkpoint_minutes", 1.5) * 60,
+        calibrate_s=min(20.0, args.minutes * 60 / 10),
+        on_checkpoint=lambda c: pack_cohort(c, out, started),
+    )
+    cohort.seconds = max(1.0, deadline - time.perf_counter())  # building took a while
+    log.info(
+        "models built in %.1f s; training for %.0f s", time.perf_counter() - started, cohort.seconds
+    )
+    result = cohort.run()
+    pack_cohort(cohort, out, started)
+    figures = cohort_figures(cohort)
+    log.info(
+        "%d rounds in %.0f s (%.2f rounds/s)",
+        result.rounds,
+        result.seconds,
+        result.rounds / max(result.seconds, 1e-9),
+    )
+    for arch, f in figures.items():
+        log.info(
+            "%s: %d steps, %d patches, %.1f patches/s, best val %s%s",
+            arch,
+            f["step"],
+            f["patches"],
+            f["patches_per_s"],
+            "-" if f["best_psnr"] is None else f"{f['best_psnr']:.2f} dB",
+            f" FAILED {f['error']}" if f["error"] else "",
+        )
+    problems = return_limit_problems(out)
+    for problem in problems:
+        log.error("output folder over the device limits: %s", problem)
+    log.info(
+        "done in %.0f s; %s",
+        time.perf_counter() - started,
+        ", ".join(f"{p.name} {p.stat().st_size / 2**20:.1f} MiB" for p in sorted(out.iterdir())),
+    )
+    return 1 if problems or result.errors or not result.results else 0
 
 
 def _manifest_names(path: Path) -> set[str]:
@@ -788,6 +1093,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="WxH at which the default model's MP/s is measured, or none [1920x1080]",
     )
     p.add_argument("--speed-threads", type=int, help="threads for it [all cores]")
+    gpu = p.add_argument_group("cohort run (GPU): all archs in one process, time-boxed")
+    gpu.add_argument(
+        "--minutes",
+        type=float,
+        help="train every arch together for this wall time in all (start-up and packing "
+        "included) and pack the results into --out; nothing is evaluated or registered",
+    )
+    gpu.add_argument("--out", type=Path, help="where a cohort run packs its results")
+    gpu.add_argument("--device", default="auto", help="cuda, cpu or auto [auto]")
+    gpu.add_argument("--workers", type=int, help="data loader processes [plan's [cohort]]")
+    gpu.add_argument("--patch-size", type=int, help="[plan's [cohort]]")
+    gpu.add_argument("--batch-size", type=int, help="[plan's [cohort]]")
+    gpu.add_argument("--checkpoint-minutes", type=float, help="validate and pack every [1.5]")
+    p.add_argument(
+        "--from-bundle",
+        type=Path,
+        help="evaluate the models a cohort run packed in DIR and ship each one that beats "
+        "the shipped model on the benchmark and the check photos",
+    )
+    gpu.add_argument(
+        "--photos",
+        type=Path,
+        help="a folder with train/ and val/ photos (e.g. from 'deblur data pack')",
+    )
     return p.parse_args(argv)
 
 
@@ -822,6 +1151,9 @@ def main(argv: list[str] | None = None) -> int:
             plan["steps"] = args.steps
         if args.threads is not None:
             plan["threads"] = args.threads
+    if args.photos is not None:
+        args.train_photos = args.train_photos or args.photos / "train"
+        args.val_photos = args.val_photos or args.photos / "val"
     if args.train_photos is None or args.val_photos is None:
         from deblurcli.data.photo_pool import split_dir
 
@@ -834,6 +1166,14 @@ def main(argv: list[str] | None = None) -> int:
         check_photos=args.check_photos.resolve() if args.check_photos else None,
         benchmark_cache=args.benchmark_dir,
     )
+    args.bundle = None
+    if args.from_bundle is not None:
+        args.bundle = bundle_results(args.from_bundle, paths.runs)
+        plans = {a: p for a, p in plans.items() if a in args.bundle}
+    if args.minutes is not None:
+        if args.out is None:
+            raise SystemExit("--minutes needs --out DIR for the packed results")
+        return cohort_run(plans, paths, args)
     return run_all(plans, paths, args)
 
 

@@ -22,20 +22,13 @@ from deblurcli.errors import ManifestError
 from deblurcli.imageio import ImageData, find_images, read_image, write_image
 from deblurcli.weights import default_model_name, load_model
 from deblurcli.weights.manifest import MANIFEST_PATH, load_manifest
+from tests._pretrained_driver import load_driver
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "train_pretrained.py"
 
 
-def _driver():
-    spec = importlib.util.spec_from_file_location("train_pretrained", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-tp = _driver()
+tp = load_driver()
 
 
 def _sha256(path: Path) -> str:
@@ -296,3 +289,85 @@ def test_train_command_carries_the_plan(tmp_path):
     assert f"--steps {plan['steps']} " in cmd and "--resume" not in cmd
     tiny = tp.shown(tp.train_command("deblurgan", plan, paths, "tiny"))
     assert "--width tiny" in tiny and "--config" not in tiny
+
+
+def _cohort_bundle(tmp_path: Path, train: Path) -> Path:
+    """A bundle as a cohort run packs it: one really trained tiny simplecnn and its figures."""
+    from deblurcli.training.trainer import TrainConfig
+    from deblurcli.training.trainer import train as run_training
+    from deblurcli.weights.bundle import write_bundle
+
+    run = tmp_path / "gpu_run" / "simplecnn"
+    run_training(
+        TrainConfig(
+            arch="simplecnn",
+            out=run,
+            data=train,
+            degrade="gaussian",
+            patch_size=32,
+            batch_size=2,
+            steps=1,
+            width="tiny",
+            val_every=1,
+            ckpt_every=1,
+        )
+    )
+    figures = {
+        "step": 1,
+        "patches": 2,
+        "patches_per_s": 123.4,
+        "best_psnr": 20.0,
+        "precision": "bf16",
+        "device": "cuda:0",
+        "init": None,
+        "error": None,
+        "config_json": json.loads((run / "config.json").read_text()),
+    }
+    bundle = tmp_path / "bundle"
+    write_bundle(
+        {"simplecnn": run / "model.safetensors"},
+        bundle,
+        extra={
+            "command": "python scripts/train_pretrained.py --minutes 8",
+            "figures": {"simplecnn": figures},
+        },
+    )
+    return bundle
+
+
+def test_from_bundle_ships_only_a_model_that_beats_the_shipped_one(tmp_path):
+    train, val, check = _photo_pool(tmp_path / "pool")
+    bundle = _cohort_bundle(tmp_path, train)
+    manifest = _empty_manifest(tmp_path / "weights_manifest.toml")
+    args = ["--from-bundle", str(bundle), "--width", "tiny", "--jobs", "1"]
+    args += ["--sandbox", str(tmp_path), "--benchmark-dir", str(tmp_path / "bench")]
+    args += ["--train-photos", str(train), "--val-photos", str(val)]
+    args += ["--check-photos", str(check), "--speed-size", "none"]
+
+    shipped = _run(args, tmp_path)  # nothing shipped yet: the bundle's model is the best
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    entry = load_manifest(manifest).entries[0]
+    weights = manifest.parent / "pretrained" / "simplecnn.safetensors"
+    assert entry.sha256 == _sha256(weights)
+    assert "trained on cuda:0 for 1 steps" in entry.description
+    assert entry.recipe == "python scripts/train_pretrained.py --minutes 8"
+    assert (tmp_path / "docs" / "simplecnn.png").is_file()
+
+    # Now the shipped model scores better than anything a one-step model reaches.
+    text = manifest.read_text(encoding="utf-8").replace(
+        f"psnr_gain = {entry.scores['psnr_gain']!r}", "psnr_gain = 9.0"
+    )
+    manifest.write_text(text, encoding="utf-8")
+    before = (manifest.read_bytes(), weights.read_bytes())
+    refused = _run(args, tmp_path)
+    assert refused.returncode == 0, refused.stdout + refused.stderr
+    assert "[simplecnn] not shipped: psnr_gain" in refused.stdout
+    assert (manifest.read_bytes(), weights.read_bytes()) == before
+
+
+def test_beats_shipped_needs_both_benchmark_and_check_photos():
+    better = {"psnr_gain": 1.0, "check_psnr_gain": 0.5}
+    assert tp.beats_shipped(better, {"psnr_gain": 0.3, "check_psnr_gain": 0.2}) == []
+    assert tp.beats_shipped(better, {}) == []  # nothing shipped yet
+    worse_check = tp.beats_shipped(better, {"psnr_gain": 0.3, "check_psnr_gain": 0.6})
+    assert len(worse_check) == 1 and worse_check[0].startswith("check_psnr_gain")
