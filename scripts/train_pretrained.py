@@ -961,6 +961,7 @@ def pack_cohort(cohort: Any, out: Path, started: float) -> None:
         "command": shlex.join(["python", "scripts/train_pretrained.py", *sys.argv[1:]]),
         "figures": cohort_figures(cohort),
         "rounds": cohort.rounds,
+        "loader_wait_s": round(cohort.loader_wait_s, 1),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     write_bundle(models, out, extra=extra)
@@ -1014,6 +1015,7 @@ def cohort_run(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Na
         seconds=max(1.0, deadline - time.perf_counter()),
         checkpoint_s=cohort_plan.get("checkpoint_minutes", 1.5) * 60,
         calibrate_s=min(20.0, args.minutes * 60 / 10),
+        max_rounds=args.max_rounds,
         on_checkpoint=lambda c: pack_cohort(c, out, started),
     )
     cohort.seconds = max(1.0, deadline - time.perf_counter())  # building took a while
@@ -1106,6 +1108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gpu.add_argument("--patch-size", type=int, help="[plan's [cohort]]")
     gpu.add_argument("--batch-size", type=int, help="[plan's [cohort]]")
     gpu.add_argument("--checkpoint-minutes", type=float, help="validate and pack every [1.5]")
+    gpu.add_argument("--max-rounds", type=int, help="stop after this many steps (smoke runs)")
     p.add_argument(
         "--from-bundle",
         type=Path,

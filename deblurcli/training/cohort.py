@@ -93,6 +93,7 @@ class Cohort:
             self.trainers[name] = Trainer(replace(cfg, ckpt_every=_NOMINAL_STEPS))
         self.rounds = 0
         self.started = 0.0
+        self.loader_wait_s = 0.0  # time spent waiting for batches: the loader-bound share
 
     @property
     def active(self) -> dict[str, Trainer]:
@@ -126,6 +127,13 @@ class Cohort:
                 )
             except Exception as exc:  # one member's failure must not cost the others
                 self._fail(name, exc)
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        log.info(
+            "round %d: %.2f rounds/s, %.0f%% of the time waiting for the loader",
+            self.rounds,
+            self.rounds / elapsed,
+            100 * self.loader_wait_s / elapsed,
+        )
         if self.on_checkpoint is not None:
             self.on_checkpoint(self)
         self.final_s = max(self.final_s, 1.5 * (time.perf_counter() - start))
@@ -143,8 +151,8 @@ class Cohort:
         try:
             while self.active and self.rounds != self.max_rounds:
                 elapsed = time.perf_counter() - self.started
-                if elapsed + self.final_s >= self.seconds:
-                    break
+                if self.rounds and elapsed + self.final_s >= self.seconds:
+                    break  # after one round at least: every member has something to export
                 if calibrated_at is None and elapsed >= self.calibrate_s:
                     calibrated_at = (elapsed, self.rounds)  # after start-up and autotuning
                 due = elapsed >= next_checkpoint and elapsed + 2 * self.final_s < self.seconds
@@ -153,7 +161,10 @@ class Cohort:
                     self._set_schedule((self.rounds - r0) / max(elapsed - t0, 1e-9), elapsed)
                     self.checkpoint()
                     next_checkpoint = elapsed + self.checkpoint_s
-                self._round(_on_device(next(batches), device))
+                waited = time.perf_counter()
+                batch = next(batches)
+                self.loader_wait_s += time.perf_counter() - waited
+                self._round(_on_device(batch, device))
                 if calibrated_at is not None and calibrated_at[1] == self.rounds - 1:
                     self._set_schedule(self.rounds / max(elapsed, 1e-9), elapsed)
         finally:
