@@ -62,7 +62,7 @@ _DEFAULT_KEYS = {
 }
 
 
-_COHORT_KEYS = {"patch_size", "batch_size", "workers", "warmup", "checkpoint_minutes"}
+_COHORT_KEYS = {"patch_size", "batch_size", "workers", "warmup", "checkpoint_minutes", "echo"}
 
 
 class PlanError(ValueError):
@@ -962,6 +962,7 @@ def pack_cohort(cohort: Any, out: Path, started: float) -> None:
         "figures": cohort_figures(cohort),
         "rounds": cohort.rounds,
         "loader_wait_s": round(cohort.loader_wait_s, 1),
+        "echoed_rounds": cohort.echoed,
         "wall_s": round(time.perf_counter() - started, 1),
     }
     write_bundle(models, out, extra=extra)
@@ -1016,6 +1017,7 @@ def cohort_run(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Na
         checkpoint_s=cohort_plan.get("checkpoint_minutes", 1.5) * 60,
         calibrate_s=min(20.0, args.minutes * 60 / 10),
         max_rounds=args.max_rounds,
+        echo=cohort_plan.get("echo", 0),
         on_checkpoint=lambda c: pack_cohort(c, out, started),
     )
     cohort.seconds = max(1.0, deadline - time.perf_counter())  # building took a while

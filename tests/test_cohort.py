@@ -105,3 +105,42 @@ def test_bundle_round_trip_with_shards(tmp_path: Path) -> None:
         from deblurcli.weights.checkpoint import read_metadata
 
         assert read_metadata(path)["k"] == arch
+
+
+def test_a_slow_loader_is_echoed_not_waited_for(tmp_path: Path) -> None:
+    import time
+
+    data = _photos(tmp_path / "photos")
+    cohort = Cohort(
+        {"simplecnn": _config("simplecnn", tmp_path, data)},
+        seconds=300,
+        max_rounds=8,
+        calibrate_s=0,
+        echo=3,
+    )
+    trainer = cohort.trainers["simplecnn"]
+    real_batches = trainer.batches
+
+    def slow_batches():
+        for batch in real_batches():
+            time.sleep(1.0)  # a loader far slower than a tiny model's step
+            yield batch
+
+    trainer.batches = slow_batches
+    result = cohort.run()
+    assert result.rounds == 8 and not result.errors
+    assert cohort.echoed > 0 and cohort.feed.fresh + cohort.echoed == 8
+    assert cohort.feed.fresh >= 8 // 4  # at most 3 echoes per fresh batch
+
+
+def test_an_echoed_batch_keeps_its_pairs_aligned() -> None:
+    import torch
+
+    from deblurcli.training.cohort import _reoriented
+
+    blurred = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    sharp = blurred * 2
+    for turn in range(4):
+        b, s, skipped = _reoriented((blurred, sharp, ["x.png", ""]), turn)
+        assert torch.equal(s, b * 2) and skipped == ["", ""]
+        assert b.shape == blurred.shape and (turn == 0) == torch.equal(b, blurred)

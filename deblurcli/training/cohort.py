@@ -16,8 +16,11 @@ weights; ``on_checkpoint`` is called after each, for example to pack the exports
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -61,6 +64,77 @@ def _on_device(batch: Any, device: torch.device) -> Any:
     return blurred.to(device, non_blocking=True), sharp.to(device, non_blocking=True), skipped
 
 
+def _reoriented(batch: Any, turn: int) -> Any:
+    """The batch turned by ``turn`` quarter turns and mirrored on odd turns (pairs stay pairs)."""
+    blurred, sharp, _ = batch
+
+    def move(x: torch.Tensor) -> torch.Tensor:
+        x = torch.rot90(x, turn % 4, dims=(-2, -1))
+        return x.flip(-1) if turn % 2 else x
+
+    return move(blurred), move(sharp), [""] * len(batch[2])
+
+
+class _Feed:
+    """Loader batches prefetched by a thread, echoed when the next one is not ready.
+
+    Data echoing (Choi et al. 2019): when the model steps faster than the loader degrades
+    patches, the last batch is reused, in another orientation, up to ``echo`` more times
+    instead of leaving the GPU idle. ``echo=0`` always waits for a fresh batch.
+    """
+
+    def __init__(self, batches: Any, device: torch.device, echo: int, depth: int = 4):
+        self.device, self.echo = device, echo
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.stopping = threading.Event()
+        self.last: Any = None
+        self.uses = 0
+        self.fresh = self.echoed = 0
+        self.wait_s = 0.0
+        self.thread = threading.Thread(target=self._fill, args=(batches,), daemon=True)
+        self.thread.start()
+
+    def _fill(self, batches: Any) -> None:
+        try:
+            while not self.stopping.is_set():
+                item = next(batches)
+                while not self.stopping.is_set():
+                    try:
+                        self.queue.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # handed to the training thread, which raises it
+            self.queue.put(exc)
+
+    def next(self) -> Any:
+        if self.last is not None and self.uses <= self.echo:
+            try:
+                return self._fresh(self.queue.get_nowait())
+            except queue.Empty:
+                self.uses += 1
+                self.echoed += 1
+                return _reoriented(self.last, self.uses - 1)
+        start = time.perf_counter()
+        item = self.queue.get()
+        self.wait_s += time.perf_counter() - start
+        return self._fresh(item)
+
+    def _fresh(self, item: Any) -> Any:
+        if isinstance(item, BaseException):
+            raise item
+        self.last, self.uses = _on_device(item, self.device), 1
+        self.fresh += 1
+        return self.last
+
+    def close(self) -> None:
+        self.stopping.set()
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self.queue.get(timeout=0.2)
+            self.thread.join(timeout=0.2)
+
+
 class Cohort:
     """Members trained round-robin on one loader's batches; see the module docstring."""
 
@@ -73,6 +147,7 @@ class Cohort:
         calibrate_s: float = 20.0,
         final_s: float = 10.0,
         max_rounds: int | None = None,
+        echo: int = 0,
         on_checkpoint: Callable[[Cohort], None] | None = None,
     ):
         if not configs:
@@ -85,6 +160,8 @@ class Cohort:
         self.final_s = final_s
         self.on_checkpoint = on_checkpoint
         self.max_rounds = max_rounds  # a smoke run's cap; the clock is the real limit
+        self.echo = echo
+        self.feed: _Feed | None = None
         self.errors: dict[str, str] = {}
         self.trainers: dict[str, Trainer] = {}
         for name, cfg in configs.items():
@@ -93,7 +170,16 @@ class Cohort:
             self.trainers[name] = Trainer(replace(cfg, ckpt_every=_NOMINAL_STEPS))
         self.rounds = 0
         self.started = 0.0
-        self.loader_wait_s = 0.0  # time spent waiting for batches: the loader-bound share
+
+    @property
+    def loader_wait_s(self) -> float:
+        """Seconds spent waiting for a fresh batch: the loader-bound share of the run."""
+        return self.feed.wait_s if self.feed is not None else 0.0
+
+    @property
+    def echoed(self) -> int:
+        """Rounds that reused a batch because the loader was behind."""
+        return self.feed.echoed if self.feed is not None else 0
 
     @property
     def active(self) -> dict[str, Trainer]:
@@ -129,10 +215,11 @@ class Cohort:
                 self._fail(name, exc)
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         log.info(
-            "round %d: %.2f rounds/s, %.0f%% of the time waiting for the loader",
+            "round %d: %.2f rounds/s, %.0f%% of the time waiting for the loader, %d echoed",
             self.rounds,
             self.rounds / elapsed,
             100 * self.loader_wait_s / elapsed,
+            self.echoed,
         )
         if self.on_checkpoint is not None:
             self.on_checkpoint(self)
@@ -145,7 +232,7 @@ class Cohort:
         for trainer in self.trainers.values():
             trainer.begin()
         self.started = time.perf_counter()
-        batches = first.batches()
+        self.feed = _Feed(first.batches(), device, self.echo)
         calibrated_at: tuple[float, int] | None = None
         next_checkpoint = self.checkpoint_s
         try:
@@ -161,14 +248,11 @@ class Cohort:
                     self._set_schedule((self.rounds - r0) / max(elapsed - t0, 1e-9), elapsed)
                     self.checkpoint()
                     next_checkpoint = elapsed + self.checkpoint_s
-                waited = time.perf_counter()
-                batch = next(batches)
-                self.loader_wait_s += time.perf_counter() - waited
-                self._round(_on_device(batch, device))
+                self._round(self.feed.next())
                 if calibrated_at is not None and calibrated_at[1] == self.rounds - 1:
                     self._set_schedule(self.rounds / max(elapsed, 1e-9), elapsed)
         finally:
-            del batches
+            self.feed.close()  # the loader's workers go with it
         seconds = time.perf_counter() - self.started
         self.checkpoint()
         results = {}
