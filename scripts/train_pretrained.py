@@ -872,7 +872,7 @@ def train_config(
 def warm_start(arch: str, plan: dict[str, Any], width: str, manifest: Path) -> str | None:
     """The shipped model to start from: the one of ``arch`` when the plan's config is its."""
     from deblurcli.archs import resolve_config
-    from deblurcli.weights.manifest import load_manifest
+    from deblurcli.weights.manifest import load_manifest, manifest_path
 
     if width != "default":
         return None
@@ -884,8 +884,11 @@ def warm_start(arch: str, plan: dict[str, Any], width: str, manifest: Path) -> s
         full = resolve_config(arch, **config)
         return {k: v for k, v in full.items() if k != "encoder_weights"}  # an init choice
 
-    same = model_keys(dict(entries[0].config)) == model_keys(plan["config"])
-    return str(entries[0].package_path) if same else None
+    if model_keys(dict(entries[0].config)) != model_keys(plan["config"]):
+        return None
+    # By name where the name resolves to it (the lineage then records the manifest name).
+    bundled = manifest.resolve() == manifest_path().resolve()
+    return arch if bundled else str(entries[0].package_path)
 
 
 def return_limit_problems(folder: Path) -> list[str]:
