@@ -61,3 +61,7 @@ class DeviceMemoryError(DeblurError):
 
 class TrainingDivergedError(DeblurError):
     """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class OutputWriteError(DeblurError):
+    """An output cannot be written at all: the disk is full, read-only or over quota."""

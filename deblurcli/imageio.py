@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import struct
@@ -26,7 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from deblurcli.errors import ImageReadError
+from deblurcli.errors import ImageReadError, OutputWriteError
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".ppm", ".pgm", ".pnm"}
@@ -85,13 +86,58 @@ def set_max_image_pixels(limit: int | None) -> None:
 
 def find_images(root: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
     """Image files under ``root`` by suffix, sorted for a reproducible order."""
+    return scan_images(root, recursive)[0]
+
+
+def scan_images(
+    root: str | os.PathLike[str], recursive: bool = True
+) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(image files under ``root`` sorted, [(folder that could not be listed, why)]).
+
+    Hidden files are left out; symlinked folders are not followed.
+    """
     root = Path(root)
-    pattern = root.rglob("*") if recursive else root.glob("*")
-    return sorted(
-        p
-        for p in pattern
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+    found: list[Path] = []
+    unreadable: list[tuple[Path, str]] = []
+
+    def note(exc: OSError) -> None:
+        unreadable.append((Path(exc.filename or root), exc.strerror or str(exc)))
+
+    for folder, subfolders, names in os.walk(root, onerror=note):
+        base = Path(folder)
+        for name in names:
+            path = base / name
+            wanted = not name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+            if wanted and path.is_file():
+                found.append(path)
+        if not recursive:
+            subfolders.clear()
+    return sorted(found), sorted(unreadable)
+
+
+def looks_complete(path: str | os.PathLike[str]) -> bool:
+    """Cheap check that ``path`` is a whole image, for resuming without re-decoding outputs.
+
+    The header must parse, and PNG/JPEG files must end with their end marker (IEND / EOI);
+    a 0-byte, truncated or foreign file is not complete.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return False
+        with Image.open(path) as im:
+            fmt, ok = im.format, im.width > 0 and im.height > 0
+        with open(path, "rb") as f:
+            f.seek(max(0, size - 12))
+            tail = f.read()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
+    if fmt == "PNG":
+        return ok and tail.endswith(b"IEND\xaeB`\x82")
+    if fmt == "JPEG":
+        return ok and tail.rstrip(b"\0").endswith(b"\xff\xd9")
+    return ok
 
 
 def read_image(path: str | os.PathLike[str]) -> ImageData:
@@ -322,18 +368,41 @@ _UMASK = _read_umask()
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    """Yield a temporary path next to ``path``; on success rename it into place.
+
+    On any error the temporary file is removed, so nothing half-written is left. A full,
+    read-only or over-quota disk raises :class:`OutputWriteError` naming ``path`` (the whole
+    run cannot go on); other write errors are re-raised as ``OSError`` naming ``path``.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(exc, path, None) from None
     os.close(fd)
     try:
         yield Path(tmp)
         # mkstemp creates 0600; a result file gets the permissions any new file would get.
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise _write_error(exc, path, tmp) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def _write_error(exc: OSError, path: Path, tmp: str | None) -> OSError | OutputWriteError:
+    """The error to raise for ``exc`` while writing ``path`` (through ``tmp``)."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _DISK_ERRNOS:  # whatever file it names (shutil names the source)
+        return OutputWriteError(f"cannot write {path}: {reason}")
+    if exc.filename not in (None, tmp, str(path), str(path.parent)):
+        return exc  # about another file (e.g. the source being copied): leave it as it is
+    return OSError(exc.errno, reason, str(path))
 
 
 def is_partial_file(path: Path) -> bool:

@@ -377,7 +377,7 @@ def test_prepare_goes_on_past_an_unreadable_photo(tmp_path, pool, sources):
     with pytest.raises(PhotoPoolError) as excinfo:
         pp.prepare(root, pool=pool)
     message = str(excinfo.value)
-    assert "deb-a.png: not a readable image" in message
+    assert "deb-a.png: sha256 does not match the pool list" in message  # caught before decoding
     assert "1 photo(s) not fetched (wheel-c)" in message and "\n" not in message
     assert (root / "prepared/train/deb-rel-link.png").is_file()
     assert (root / "prepared/val/deb-abs-link.png").is_file()

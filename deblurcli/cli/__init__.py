@@ -3,14 +3,35 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import typer
+import typer.core
 
 from deblurcli.cli import blur, data, evaluate, models, restore, train, weights
 from deblurcli.cli._common import CONTEXT_SETTINGS
 
+
+class _Group(typer.core.TyperGroup):
+    """Adds a hint when an unknown "option" is really a file name that starts with '-'."""
+
+    def invoke(self, ctx: Any) -> Any:
+        args = [*getattr(ctx, "_protected_args", []), *ctx.args]
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # click's NoSuchOption (typer may vendor its own click)
+            option = getattr(exc, "option_name", None)
+            names = [a for a in args if option and a.startswith(option) and "." in a]
+            if type(exc).__name__ == "NoSuchOption" and names:
+                exc.message += (  # type: ignore[attr-defined]
+                    f" (a file named {names[0]}? write ./{names[0]}, or put -- before file names)"
+                )
+            raise
+
+
 app = typer.Typer(
     name="deblur",
+    cls=_Group,
     help="Deblur photos, synthesize blurred datasets, train and evaluate deblurring models.",
     no_args_is_help=True,
     add_completion=False,

@@ -50,6 +50,9 @@ def friendly_errors(func: F) -> F:
             fail("interrupted", 130, as_json=as_json)
         except MemoryError:
             fail("out of memory: try a smaller --tile or --batch-size", 1, as_json=as_json)
+        except OSError as exc:  # e.g. a full or read-only disk, a folder that vanished
+            where = f"{exc.filename}: " if exc.filename else ""
+            fail(f"{where}{exc.strerror or exc}", 1, as_json=as_json)
         except RuntimeError as exc:
             if "out of memory" in str(exc).lower():
                 fail("out of memory: try a smaller --tile or --batch-size", 1, as_json=as_json)

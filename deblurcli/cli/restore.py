@@ -128,7 +128,7 @@ def restore(
         show_default="the input's",
     ),
     max_pixels: int | None = typer.Option(
-        None, help="Raise Pillow's decompression-bomb limit to this many pixels (0 = none)."
+        None, min=0, help="Raise Pillow's decompression-bomb limit to this many pixels (0 = none)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:

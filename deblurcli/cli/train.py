@@ -94,8 +94,12 @@ def train(
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16, fp16 (CUDA)."),
     compile_model: bool = typer.Option(False, "--compile", help="Use torch.compile."),
     seed: int = typer.Option(0, "--seed"),
-    val_every: int = typer.Option(500, "--val-every", min=1, help="Validate every N steps."),
-    ckpt_every: int = typer.Option(500, "--ckpt-every", min=1, help="Checkpoint every N steps."),
+    val_every: int | None = typer.Option(
+        None, "--val-every", min=1, help="Validate every N steps [500; --resume: the run's]."
+    ),
+    ckpt_every: int | None = typer.Option(
+        None, "--ckpt-every", min=1, help="Checkpoint every N steps [500; --resume: the run's]."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train an architecture (--arch NAME) on sharp/blurred pairs with its paper's recipe.

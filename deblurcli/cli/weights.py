@@ -133,6 +133,12 @@ def verify(
             + "; run 'deblur weights download NAME' to fetch them again"
             + (" (files inside the package: reinstall deblurcli)" if shipped else "")
         )
+    missing = [r.name for r in results if r.status == "missing"]
+    if names and missing:  # asked about these files by name: their absence is a failure
+        fail(
+            f"not on this machine: {', '.join(missing)}; "
+            f"run 'deblur weights download {missing[0]}' to fetch it"
+        )
     if not results:
         console.print(_NONE_YET.format(path=manifest_path()), highlight=False)
 

@@ -490,6 +490,13 @@ def prepare(
         if not source.is_file():
             missing.append(photo.name)
             continue
+        if not _verified(source, photo.sha256):  # changed since fetch: never train on it
+            target.unlink(missing_ok=True)
+            problems.append(
+                f"{source}: sha256 does not match the pool list (changed or damaged); "
+                f"run {_command('fetch', root)} to fetch it again"
+            )
+            continue
         if old_index.get(photo.name, {}).get("record") != record or not target.is_file():
             try:
                 _prepare_one(source, target, photo.factor)
@@ -565,12 +572,13 @@ def pool_status(
     *,
     pool: str | os.PathLike[str] | PhotoPool | None = None,
 ) -> list[PhotoStatus]:
-    """Each photo of the pool with whether it is fetched and prepared under ``root``."""
+    """Each photo of the pool with whether it is fetched (present, sha256 checked) and
+    prepared under ``root``."""
     root, pool = _root(root), load_pool(pool)
     return [
         PhotoStatus(
             photo=p,
-            fetched=(root / "raw" / p.raw_name).is_file(),
+            fetched=_verified(root / "raw" / p.raw_name, p.sha256),
             prepared=(root / "prepared" / p.split / f"{p.name}.png").is_file(),
         )
         for p in pool.photos

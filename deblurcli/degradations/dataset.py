@@ -27,18 +27,21 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from deblurcli._process import die_with_parent
 from deblurcli.degradations.degrade import KINDS, DegradeOptions, degrade, image_seed
-from deblurcli.errors import DeblurError, UsageError
+from deblurcli.errors import DeblurError, OutputWriteError, UsageError
 from deblurcli.imageio import (
     ImageData,
     atomic_path,
     atomic_write_bytes,
     encode_image,
-    find_images,
     is_partial_file,
+    looks_complete,
     output_format,
     read_image,
+    scan_images,
 )
+from deblurcli.locks import output_lock
 
 MANIFEST = "manifest.jsonl"
 # PNG zlib level for written images. Level 1 encodes several times faster than Pillow's
@@ -167,14 +170,42 @@ def synthesize_dataset(
     options = options or DegradeOptions()
     geometry = geometry or Geometry()
     src, out = Path(source), Path(out)
+    found, unreadable = _scan(src, out)
+    rels = _select(found, shard, limit)  # bad --shard/--limit: refused before any folder exists
+    _make_output_folder(out)
+    # One writer per folder; the shards of a split run may share one (disjoint images).
+    with output_lock(out, "deblur blur", shared=shard is not None):
+        return _synthesize(
+            src, out, found, rels, unreadable, kind, seed, options, geometry, workers, shard,
+            overwrite, progress, started,
+        )  # fmt: skip
+
+
+def _synthesize(
+    src: Path,
+    out: Path,
+    found: list[str],
+    rels: list[str],
+    unreadable: list[tuple[str, str]],
+    kind: str,
+    seed: int,
+    options: DegradeOptions,
+    geometry: Geometry,
+    workers: int | None,
+    shard: tuple[int, int] | None,
+    overwrite: bool,
+    progress: Callable[[BlurEvent], None] | None,
+    started: float,
+) -> BlurSummary:
     manifest_path = out / _manifest_name(shard)
-    found = _scan(src, out)
-    rels = _select(found, shard, limit)
     settings = settings_digest(kind, seed, options, geometry)
     known = _read_records(out)
     _check_settings(known, rels, settings, overwrite)
 
     summary = BlurSummary(out=out, manifest=manifest_path, total=len(rels))
+    for folder, why in unreadable:
+        summary.failed.append((folder, why))
+        _emit(progress, summary, folder, "failed", f"{folder}: {why}")
     jobs: list[_Job] = []
     for rel in rels:
         if not overwrite and _is_done(out, rel, known.get(rel)):
@@ -183,14 +214,13 @@ def synthesize_dataset(
         else:
             jobs.append(_Job(src / rel, rel, out, kind, seed, options, geometry, settings))
 
-    _make_output_folder(out, manifest_path)
+    _check_writable(manifest_path)
     _remove_stale_parts(out, {job.rel for job in jobs})
     with open(manifest_path, "a", encoding="utf-8") as log:
         for rel, record, error in _run(jobs, workers):
             if error is None:
                 known[rel] = record
-                log.write(json.dumps(record, sort_keys=True) + "\n")
-                log.flush()
+                _append(log, manifest_path, json.dumps(record, sort_keys=True) + "\n")
                 summary.written += 1
                 _emit(progress, summary, rel, "written")
             else:
@@ -217,34 +247,54 @@ def _emit(
         progress(BlurEvent(rel=rel, status=status, done=done, total=s.total, message=message))
 
 
-def _make_output_folder(out: Path, manifest: Path) -> None:
+def _make_output_folder(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write the output folder ({exc.strerror})") from None
+
+
+def _check_writable(manifest: Path) -> None:
+    try:
         with open(manifest, "a", encoding="utf-8"):
             pass  # fail here, before any work, when the folder cannot be written
     except OSError as exc:
-        raise UsageError(f"{out}: cannot write the output folder ({exc.strerror})") from None
+        raise UsageError(
+            f"{manifest.parent}: cannot write the output folder ({exc.strerror})"
+        ) from None
+
+
+def _append(log: Any, path: Path, line: str) -> None:
+    """Append one manifest record; a full disk ends the run with one line naming the file."""
+    try:
+        log.write(line)
+        log.flush()
+    except OSError as exc:
+        raise OutputWriteError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _manifest_name(shard: tuple[int, int] | None) -> str:
     return MANIFEST if shard is None else f"manifest.shard-{shard[0]}-of-{shard[1]}.jsonl"
 
 
-def _scan(src: Path, out: Path) -> list[str]:
+def _scan(src: Path, out: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """(image paths relative to ``src``, [(unreadable folder, why)])."""
     if not src.exists():
         raise UsageError(f"{src}: no such file or folder")
     if src.is_file():
         raise UsageError(f"{src}: expected a folder of images")
     out_resolved = out.resolve()
     rels = []
-    for path in find_images(src):
+    images, unreadable = scan_images(src)
+    for path in images:
         resolved = path.resolve()
         if resolved == out_resolved or out_resolved in resolved.parents:
             continue  # OUT inside SRC: never feed our own results back in
         rels.append(path.relative_to(src).as_posix())
-    if not rels:
+    if not rels and not unreadable:
         raise UsageError(f"{src}: no images found (looked for JPEG, PNG, WebP, TIFF, BMP)")
-    return sorted(rels)
+    problems = [(str(path), f"cannot read this folder ({why})") for path, why in unreadable]
+    return sorted(rels), problems
 
 
 def _select(rels: list[str], shard: tuple[int, int] | None, limit: int | None) -> list[str]:
@@ -293,10 +343,10 @@ def _check_settings(
 def _is_done(out: Path, rel: str, record: dict[str, Any] | None) -> bool:
     if record is None:
         return False
-    files = [out / "sharp" / rel, out / "blurred" / rel]
-    if record.get("kernel"):
-        files.append(out / record["kernel"])
-    return all(_non_empty(f) for f in files)
+    images = [out / "sharp" / rel, out / "blurred" / rel]
+    if not all(looks_complete(f) for f in images):
+        return False  # empty, truncated or foreign: redo it
+    return not record.get("kernel") or _non_empty(out / record["kernel"])
 
 
 def _non_empty(path: Path) -> bool:
@@ -352,7 +402,8 @@ def _run(jobs: list[_Job], workers: int | None) -> Iterator[tuple[str, dict | No
     # fork: the workers inherit the imported modules instead of re-importing torch & co.
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
-    with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+    init = {"initializer": _init_worker, "initargs": (os.getpid(),)}
+    with cf.ProcessPoolExecutor(workers, mp_context=ctx, **init) as pool:
         pending: set[cf.Future] = set()
         queue = iter(jobs)
         try:
@@ -375,13 +426,16 @@ def _default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int) -> None:
+    die_with_parent(parent_pid)  # a kill -9 of deblur blur must not leave workers behind
     cv2.setNumThreads(1)  # one process per core already; OpenCV threads would oversubscribe
 
 
 def _process_safely(job: _Job) -> tuple[str, dict | None, str | None]:
     try:
         return job.rel, process_image(job), None
+    except OutputWriteError:
+        raise  # a full or read-only disk ends the run, it is no fault of this image
     except DeblurError as exc:
         return job.rel, None, str(exc)
     except MemoryError:

@@ -31,7 +31,9 @@ import numpy as np
 
 from deblurcli.errors import UsageError
 from deblurcli.imageio import ImageData, atomic_path, find_images, read_image, write_image
+from deblurcli.locks import FolderBusyError, output_lock
 
+BUILD_PREFIX = ".build-"  # a folder being built; one left behind by a killed build is stale
 VERSION = 1
 SEED = 2026
 CROP = 256
@@ -135,14 +137,16 @@ def ensure_benchmark(photos: str | Path | None = None, cache: str | Path | None 
         return final
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+        _remove_stale_builds(root)
+        tmp = Path(tempfile.mkdtemp(prefix=BUILD_PREFIX, dir=root))
     except OSError as exc:
         raise UsageError(
             f"{root}: cannot create the benchmark cache there ({exc.strerror}); "
             "use --benchmark-dir DIR or DEBLURCLI_CACHE"
         ) from None
     try:
-        _build(source, files, tmp)
+        with output_lock(tmp, "benchmark build"):  # marks it live for _remove_stale_builds
+            _build(source, files, tmp)
         try:
             os.replace(tmp, final)
         except OSError:  # built concurrently by another process: theirs is as good
@@ -152,3 +156,13 @@ def ensure_benchmark(photos: str | Path | None = None, cache: str | Path | None 
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _remove_stale_builds(root: Path) -> None:
+    """Delete the half-built folders of killed builds (a live build holds its folder's lock)."""
+    for old in root.glob(f"{BUILD_PREFIX}*"):
+        try:
+            with output_lock(old, "benchmark build"):
+                shutil.rmtree(old, ignore_errors=True)
+        except (FolderBusyError, OSError):
+            continue  # being built right now by another process

@@ -7,6 +7,8 @@ model works on the current one. Outputs are written atomically, existing outputs
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import glob
 import logging
 import os
@@ -25,10 +27,11 @@ from deblurcli.errors import DeblurError, ImageReadError, UsageError
 from deblurcli.imageio import (
     IMAGE_SUFFIXES,
     ImageData,
-    find_images,
     from_tensor_layout,
+    looks_complete,
     output_format,
     read_image,
+    scan_images,
     set_max_image_pixels,
     to_tensor_layout,
     write_image,
@@ -42,6 +45,7 @@ from deblurcli.inference.classical import (
 from deblurcli.inference.device import pick_device, resolve_precision
 from deblurcli.inference.distributed import rank_and_world, shard
 from deblurcli.inference.engine import check_tiling, restore_tensor
+from deblurcli.locks import output_lock
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +172,7 @@ def plan_jobs(
     if fmt and output_format(Path("x"), fmt) not in _EXT_BY_FORMAT:
         raise UsageError(f"unsupported --format {fmt!r}; use png, jpeg, tiff, webp or bmp")
     out_dir = Path(output) if output is not None else None
+    _check_suffix(suffix)
     sfx = suffix if suffix is not None else ("" if out_dir else DEFAULT_SUFFIX)
     single_file_target = (
         out_dir is not None
@@ -190,7 +195,35 @@ def plan_jobs(
             else:
                 base = out_dir if out_dir is not None else path.parent
                 jobs.append(Job(path, base / _target_name(path, sfx, fmt)))
-    return _dedupe(sorted(jobs, key=lambda j: str(j.source)), problems)
+    jobs, problems = _dedupe(sorted(jobs, key=lambda j: str(j.source)), problems)
+    return _writable(jobs, fmt, problems)
+
+
+def _check_suffix(suffix: str | None) -> None:
+    """A suffix is a plain part of a file name: it can never lead outside the folder."""
+    if suffix is None:
+        return
+    seps = {"/", os.sep, os.altsep or "/", "\0"}
+    if any(ch in suffix for ch in seps) or ".." in suffix:
+        raise UsageError(
+            f"--suffix {suffix!r}: a suffix is part of a file name; no path separators or '..'"
+        )
+
+
+def _writable(
+    jobs: list[Job], fmt: str | None, problems: list[tuple[str, str]]
+) -> tuple[list[Job], list[tuple[str, str]]]:
+    """Jobs whose output format is known, checked before any model runs."""
+    kept = []
+    for job in jobs:
+        try:
+            output_format(job.target, fmt)
+        except ImageReadError:
+            reason = f"cannot write {job.target.suffix or 'extension-less'} output {job.target}"
+            problems.append((str(job.source), f"{reason}; use --format png, jpeg, tiff or webp"))
+            continue
+        kept.append(job)
+    return kept, problems
 
 
 def _folder_jobs(
@@ -202,8 +235,9 @@ def _folder_jobs(
     problems: list[tuple[str, str]],
 ) -> list[Job]:
     """Jobs for the images in ``folder``, mirrored under ``out_dir`` (or in place)."""
-    found = find_images(folder, recursive=recursive)
-    if not found:
+    found, unreadable = scan_images(folder, recursive=recursive)
+    problems += [(str(path), f"cannot read this folder ({why})") for path, why in unreadable]
+    if not found and not unreadable:
         hint = "" if recursive else " (add --recursive for subfolders)"
         problems.append((str(folder), f"no images found{hint}"))
     base = out_dir if out_dir is not None else folder
@@ -223,11 +257,16 @@ def _dedupe(
     jobs: list[Job], problems: list[tuple[str, str]]
 ) -> tuple[list[Job], list[tuple[str, str]]]:
     seen: dict[Path, Path] = {}
+    inputs = {job.source.resolve(): job.source for job in jobs}
     kept = []
     for job in jobs:
         target = job.target.resolve()
         if target == job.source.resolve():
             problems.append((str(job.source), "output would overwrite the input; use --suffix"))
+        elif target in inputs or _same_file_as_any(job.target, inputs.values()):
+            original = inputs.get(target, job.target)
+            reason = f"output {job.target} would overwrite the input {original}; use --suffix"
+            problems.append((str(job.source), reason))
         elif target in seen:
             if seen[target] != job.source.resolve():
                 reason = f"output {job.target} is also the output of {seen[target]}"
@@ -238,12 +277,59 @@ def _dedupe(
     return kept, problems
 
 
+def _same_file_as_any(target: Path, sources: Iterable[Path]) -> bool:
+    """Whether ``target`` already exists as a hard link (or bind mount) of an input."""
+    try:
+        st = target.stat()
+    except OSError:
+        return False
+    key = (st.st_dev, st.st_ino)
+    return any(_identity(s) == key for s in sources)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _side_by_side(before: ImageData, after: np.ndarray) -> ImageData:
     pixels = np.concatenate([before.pixels, after], axis=1)
     alpha = None if before.alpha is None else np.concatenate([before.alpha, before.alpha], axis=1)
     return replace(before, pixels=pixels, alpha=alpha)
 
 
+def _one_writer(func: Any) -> Any:
+    """Hold the -o folder's writer lock around ``restore`` (not under torchrun, whose ranks
+    share the folder by design)."""
+
+    @functools.wraps(func)
+    def locked(inputs: Any, model: Any = None, output: Any = None, **options: Any) -> Any:
+        if isinstance(inputs, str | os.PathLike):
+            inputs = [inputs]
+        inputs = list(inputs)
+        folder = _output_folder(inputs, output)
+        with contextlib.ExitStack() as held:
+            if folder is not None and rank_and_world()[1] == 1:
+                held.enter_context(output_lock(folder, "deblur restore"))
+            return func(inputs, model, output, **options)
+
+    return locked
+
+
+def _output_folder(inputs: list[Any], output: str | os.PathLike[str] | None) -> Path | None:
+    """The -o folder this run writes into (None: outputs next to the inputs, or one file)."""
+    if output is None:
+        return None
+    out = Path(output)
+    if out.is_dir() or out.suffix.lower() not in IMAGE_SUFFIXES or len(inputs) > 1:
+        return out
+    return None
+
+
+@_one_writer
 def restore(
     inputs: Iterable[str | os.PathLike[str]] | str | os.PathLike[str],
     model: nn.Module | str | os.PathLike[str] | None = None,
@@ -276,6 +362,8 @@ def restore(
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
     if max_pixels is not None:
+        if max_pixels < 0:
+            raise UsageError(f"--max-pixels must be >= 0 (0 = no limit), got {max_pixels}")
         set_max_image_pixels(max_pixels if max_pixels > 0 else None)
     rank, world = rank_and_world()
     jobs, problems = plan_jobs(inputs, output, suffix=suffix, fmt=fmt, recursive=recursive)
@@ -284,8 +372,8 @@ def restore(
     jobs = shard(jobs, rank, world)
     todo = []
     for job in jobs:
-        if job.target.exists() and not overwrite:
-            summary.skipped.append(str(job.source))
+        if job.target.exists() and not overwrite and looks_complete(job.target):
+            summary.skipped.append(str(job.source))  # junk (empty, truncated) is redone
             summary.outputs[str(job.source)] = str(job.target)
         else:
             todo.append(job)

@@ -10,9 +10,14 @@ pretrained model and ``freeze`` keeps parts of it fixed (see :mod:`.warmstart`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import io
 import json
 import logging
+import math
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -25,11 +30,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from deblurcli._process import die_with_parent
 from deblurcli.archs import create, create_discriminator, get_spec
 from deblurcli.data import dataset as ds
 from deblurcli.errors import CheckpointError, TrainingDivergedError, UsageError
-from deblurcli.imageio import atomic_path, find_images
+from deblurcli.imageio import atomic_path, atomic_write_bytes, find_images
 from deblurcli.inference.device import pick_device
+from deblurcli.locks import output_lock
 from deblurcli.metrics import psnr
 from deblurcli.training import distributed as dd
 from deblurcli.training import losses as L
@@ -50,6 +57,8 @@ from deblurcli.weights.checkpoint import save_checkpoint
 
 log = logging.getLogger(__name__)
 STATE_FILE = "checkpoints/last.pt"
+# Cadence defaults (steps) when neither the command line nor a resumed run sets them.
+DEFAULT_EVERY = {"val_every": 500, "ckpt_every": 500, "log_every": 10}
 
 
 @dataclass
@@ -90,9 +99,9 @@ class TrainConfig:
     channels_last: bool | None = None  # None: the measured choice (see training.precision)
     compile: bool = False
     seed: int = 0
-    val_every: int = 500
-    ckpt_every: int = 500
-    log_every: int = 10
+    val_every: int | None = None  # None: the resumed run's own, else DEFAULT_EVERY
+    ckpt_every: int | None = None
+    log_every: int | None = None
     val_fraction: float = 0.1
     val_images: int = 32
     cache: bool | None = None  # None: cache decoded images when they fit in ~1 GiB
@@ -198,6 +207,7 @@ class Trainer:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise UsageError(f"--out {self.run_dir}: exists and is not a folder")
         self.device = pick_device(config.device)
+        _check_numbers(config)
         self.dist = dd.init(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -211,10 +221,13 @@ class Trainer:
         self.lineage = source.lineage if source is not None else None
         if self.state is not None:  # the run's own settings win over a changed command line
             config = self._merge_saved(config, json.loads(self.state["config"]))
-            self.cfg = config
             # The checkpoint wins over the init weights; the lineage goes on being recorded.
             saved_init = self.state.get("init")
             self.lineage = json.loads(saved_init) if saved_init else None
+        config = dataclasses.replace(
+            config, **{k: v for k, v in DEFAULT_EVERY.items() if getattr(config, k) is None}
+        )
+        self.cfg = config
         self.prec: Precision = resolve(config.arch, self.device, config.precision)
         if config.channels_last is not None:
             self.prec = dataclasses.replace(self.prec, channels_last=config.channels_last)
@@ -268,8 +281,10 @@ class Trainer:
                 f"{self.run_dir} holds a {saved['arch']} run; resume it with --arch "
                 f"{saved['arch']} (or choose another --out for {config.arch})"
             )
-        free = {"steps", "stop_after", "workers", "progress", "val_every", "ckpt_every"}
-        free |= {"log_every", "resume", "out", "device", "vgg_weights", "cache"}
+        free = {"steps", "stop_after", "workers", "progress", "resume", "out", "device"}
+        free |= {"vgg_weights", "cache"}
+        # Cadence: the saved run's unless given again on this command line.
+        free |= {k for k in DEFAULT_EVERY if getattr(config, k) is not None}
         data_keys = ("data", "sharp", "blurred", "val")
         if config.data is not None or config.sharp is not None:
             free |= set(data_keys)  # data re-given on the command line (e.g. moved)
@@ -368,9 +383,7 @@ class Trainer:
         if cfg.degrade:
             if cfg.data is None:
                 raise UsageError("--degrade needs --data DIR of sharp images")
-            # A `deblur blur` folder: only its sharp half is a source for synthetic blur.
-            sharp_dir = cfg.data / "sharp"
-            examples = ds.sharp_only_examples(sharp_dir if sharp_dir.is_dir() else cfg.data)
+            examples = _degrade_sources(cfg.data)
         else:
             from deblurcli.data.pairs import find_pairs
 
@@ -412,7 +425,7 @@ class Trainer:
 
     def _val_examples(self, folder: Path) -> list[ds.Example]:
         if self.cfg.degrade:
-            return ds.sharp_only_examples(folder)
+            return _degrade_sources(folder)
         from deblurcli.data.pairs import find_pairs
 
         good, bad = ds.probe(ds.examples_from_pairs(find_pairs(folder).pairs))
@@ -435,7 +448,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=self.cfg.workers > 0,
             prefetch_factor=4 if self.cfg.workers > 0 else None,
-            worker_init_fn=_worker_init,
+            worker_init_fn=functools.partial(_worker_init, os.getpid()),
             # spawn: a worker forked from a process whose OpenMP/OpenCV thread pools are
             # running can deadlock on an inherited lock (seen with cv2 in tests). Not
             # forkserver: its workers are the server's children, so their parent watchdog
@@ -504,8 +517,9 @@ class Trainer:
         save_checkpoint(self.model, self.run_dir / "last.safetensors", metadata=self._meta())
         if self.val_set is None or not (self.run_dir / "model.safetensors").exists():
             self._export()
-        with atomic_path(self._state_path()) as tmp:
-            torch.save(state, tmp)
+        buffer = io.BytesIO()  # torch.save onto a full disk raises an opaque RuntimeError
+        torch.save(state, buffer)
+        atomic_write_bytes(self._state_path(), buffer.getvalue())
 
     def _meta(self) -> dict[str, str]:
         meta = {
@@ -675,8 +689,8 @@ class Trainer:
     # ------------------------------------------------- step-level API (runs, cohorts)
     def begin(self) -> None:
         """Write the run folder's ``config.json`` and start the patches/s clock."""
-        if self.dist.is_main:
-            self._prepare_run_dir()
+        if self.dist.is_main and (self.state is None or self.step < self.cfg.steps):
+            self._prepare_run_dir()  # a resume with nothing to train leaves the folder as it was
         self._start_step = self.step
         self._clock = (time.perf_counter(), self.step)
 
@@ -793,10 +807,47 @@ def _to_tuple(value: Any) -> Any:
     return tuple(_to_tuple(v) for v in value) if isinstance(value, list | tuple) else value
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(parent_pid: int, _: int) -> None:
     import cv2
 
+    die_with_parent(parent_pid)  # a kill -9 of the trainer must not leave workers behind
     cv2.setNumThreads(1)  # workers already run in parallel; nested threads only contend
+
+
+def _check_numbers(config: TrainConfig) -> None:
+    """Refuse NaN, infinite or negative optimiser settings before anything is built."""
+    checks = {"--lr": (config.lr, False), "--weight-decay": (config.weight_decay, True)}
+    checks["--grad-clip"] = (config.grad_clip, True)
+    for option, (value, zero_ok) in checks.items():
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            bound = ">= 0" if zero_ok else "> 0"
+            raise UsageError(f"{option} must be a finite number {bound}, got {value}")
+    for name in DEFAULT_EVERY:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _degrade_sources(folder: Path) -> list[ds.Example]:
+    """Sharp images for --degrade; a paired folder contributes its sharp half only."""
+    from deblurcli.data.pairs import find_pairs
+
+    folder = Path(folder)
+    if (folder / "sharp").is_dir():  # a `deblur blur` folder
+        examples = ds.sharp_only_examples(folder / "sharp")
+    else:
+        try:  # GoPro-style sequences with blur/ and sharp/ side by side
+            examples = [ds.Example(p.name, p.sharp) for p in find_pairs(folder).pairs]
+        except UsageError:  # plain photos: every image is a sharp source
+            return ds.sharp_only_examples(folder)
+    log.warning(
+        "%s holds sharp/blurred pairs: --degrade uses its %d sharp images only",
+        folder,
+        len(examples),
+    )
+    return examples
 
 
 class _progress:
@@ -847,6 +898,25 @@ def train(config: TrainConfig) -> TrainResult:
     """Train ``config.arch`` and write the run folder; see :class:`TrainConfig`."""
     trainer = Trainer(config)
     try:
-        return trainer.run()
+        with contextlib.ExitStack() as lock:
+            if trainer.dist.is_main:  # one writer per run folder: rank 0 writes
+                lock.enter_context(_run_folder_lock(trainer.run_dir))
+                if trainer.state is None and trainer._state_path().exists():
+                    raise UsageError(f"{trainer.run_dir}: another run started there meanwhile")
+            return trainer.run()
     finally:
         dd.shutdown(trainer.dist)
+
+
+@contextlib.contextmanager
+def _run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s writer lock; a second train into it fails with one line."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--out {run_dir}: exists and is not a folder")
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(output_lock(run_dir, "deblur train"))
+    except OSError as exc:  # e.g. a path below a file
+        raise UsageError(f"--out {run_dir}: cannot create it ({exc.strerror})") from None
+    with held:
+        yield

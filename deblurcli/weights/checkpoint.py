@@ -17,12 +17,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as serialize
 from torch import nn
 
 from deblurcli.archs import create, get_spec
 from deblurcli.errors import CheckpointError
-from deblurcli.imageio import atomic_path
+from deblurcli.imageio import atomic_write_bytes
 
 ARCH_KEY = "deblurcli.arch"
 CONFIG_KEY = "deblurcli.config"
@@ -44,8 +44,9 @@ def save_checkpoint(
     meta = dict(metadata or {})
     meta[ARCH_KEY] = model.arch_name
     meta[CONFIG_KEY] = json.dumps(model.arch_config, sort_keys=True)
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+    # Serialized in memory, then written by our own atomic writer: a full disk is then one
+    # OutputWriteError naming the file, not an opaque error from inside safetensors.
+    atomic_write_bytes(path, serialize(tensors, metadata=meta))
     return path
 
 
