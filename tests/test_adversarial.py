@@ -290,7 +290,9 @@ def test_restore_and_train_into_a_locked_folder(tmp_path, ckpt, quick_lock):
         assert not (tmp_path / "out" / "a.png").exists()
     with output_lock(tmp_path / "run"):
         args = ["train", "--arch", "simplecnn", "--width", "tiny", "--data", tmp_path / "in"]
-        result = _invoke(*args, "--out", tmp_path / "run", "--device", "cpu")
+        result = _invoke(
+            *args, "--degrade", "gaussian", "--out", tmp_path / "run", "--device", "cpu"
+        )
         assert result.exit_code == 1 and "another deblur train run" in result.stderr
         assert list((tmp_path / "run").iterdir()) == []
 
@@ -607,11 +609,13 @@ def test_resume_keeps_cadence_and_a_finished_resume_changes_nothing(tmp_path):
         if ",val," in row
     ]
     assert val_steps == [1, 2, 3, 4]
-    stamp = (run / "config.json").stat().st_mtime_ns, (run / "config.json").read_bytes()
+    files = [p for p in run.rglob("*") if p.is_file()]
+    stamp = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
     time.sleep(0.01)
     done = _invoke(*base, "--steps", "4", "--resume", "--val-every", "7")
     assert done.exit_code == 0 and "already trained" in done.stdout
-    assert ((run / "config.json").stat().st_mtime_ns, (run / "config.json").read_bytes()) == stamp
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in files} == stamp
+    assert sorted(p for p in run.rglob("*") if p.is_file()) == sorted(files)
 
 
 # ------------------------------------------------- defect 11: verify NAME of a missing file

@@ -727,7 +727,7 @@ class Trainer:
 
     def finish(self) -> TrainResult:
         """Flush the log, draw the curves and describe the run."""
-        if self.dist.is_main:
+        if self.dist.is_main and self.step > self._start_step:  # nothing trained: no rewrite
             if self.last_terms and self.step % self.cfg.log_every:
                 self._log_train(self.last_terms, self.rate)
             self.metrics.flush()
