@@ -7,6 +7,10 @@ the output folder. Each worker calls :func:`die_with_parent` when it starts:
 * on Linux the kernel sends it SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``);
 * everywhere, a daemon thread polls the parent's pid and ends the worker once it changes
   (the fallback where prctl is missing, and a second net if it fails).
+
+Linux sends the death signal when the parent *thread* that started the worker exits, so
+workers must be started from a thread that lives as long as they do (the main thread: both
+the blur pool and the DataLoader iterator are created there).
 """
 
 from __future__ import annotations
