@@ -45,6 +45,7 @@ from deblurcli.inference.classical import (
 from deblurcli.inference.device import pick_device, resolve_precision
 from deblurcli.inference.distributed import rank_and_world, shard
 from deblurcli.inference.engine import check_tiling, restore_tensor
+from deblurcli.inference.onnx import OnnxModel, is_onnx_path
 from deblurcli.locks import output_lock
 
 log = logging.getLogger(__name__)
@@ -116,9 +117,9 @@ def resolve_model(
     kernel: str | os.PathLike[str] | np.ndarray | None = None,
 ) -> nn.Module:
     """A loaded model as is; a classical method by name (``unsharp``, or ``wiener`` /
-    ``richardson-lucy`` with ``kernel``, an array or ``.npy`` file); else
-    ``load_model(value, arch=arch)`` (a name, path, hf:// URL, or None for the manifest's
-    default; ``arch`` for files that do not name their own)."""
+    ``richardson-lucy`` with ``kernel``, an array or ``.npy`` file); an ``.onnx`` file through
+    onnxruntime; else ``load_model(value, arch=arch)`` (a name, path, hf:// URL, or None for
+    the manifest's default; ``arch`` for files that do not name their own)."""
     if isinstance(value, nn.Module):
         return value
     if isinstance(value, str) and value in CLASSICAL_MODELS and not Path(value).exists():
@@ -127,6 +128,8 @@ def resolve_model(
         return create_classical(value, kernel)
     if kernel is not None:
         raise UsageError(f"--kernel is for --model {' or '.join(NEEDS_KERNEL)}")
+    if is_onnx_path(value):
+        return OnnxModel(value)  # type: ignore[arg-type]
     from deblurcli.weights.resolve import load_model
 
     return load_model(value, arch=arch)

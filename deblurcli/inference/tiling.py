@@ -191,6 +191,9 @@ def activation_bytes_per_pixel(model: nn.Module, device: torch.device, multiple:
     what a forward pass can hold at once, so tiles sized from it stay within the budget.
     Cached per model and device (a batch of files probes once).
     """
+    known = getattr(model, "bytes_per_pixel", None)  # an ONNX file records it at export
+    if known:
+        return float(known)
     cached = _BPP_CACHE.setdefault(model, {})
     if str(device) not in cached:
         cached[str(device)] = _probe_bytes_per_pixel(model, device, multiple)

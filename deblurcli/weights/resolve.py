@@ -32,6 +32,7 @@ from deblurcli.weights.manifest import (
     find_pretrained,
     get_pretrained,
 )
+from deblurcli.weights.zoo import load_external
 
 HF_PREFIX = "hf://"
 DEFAULT_HUB_FILE = "model.safetensors"
@@ -217,6 +218,8 @@ def _load(
         arch, config = entry.arch, entry.config
     elif arch is None and (side := _sidecar_config(path, ref)) is not None:
         arch, config = side["arch"], dict(side.get("config") or {})
+    elif arch is None and path.suffix in {".pth", ".safetensors"}:
+        return load_external(path)  # a published checkpoint, recognised by spandrel
     model = load_checkpoint(path, arch=arch, config=config)
     if entry is not None:
         _check_matches_entry(path, model, entry)
