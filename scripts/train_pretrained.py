@@ -42,6 +42,9 @@ PLAN_PATH = Path(__file__).resolve().parent / "pretrained_plan.toml"
 # This checkout's package, not whichever deblurcli happens to be installed.
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+# The cards and manifest text are library code, shared with `deblur weights push`.
+from deblurcli.weights.card import entry_block, model_card, toml_value  # noqa: E402, F401
+
 MAX_FILE_BYTES = 30 * 1000 * 1000
 MAX_TOTAL_BYTES = 100 * 1000 * 1000
 _ARCH_KEYS = {"config", "config_null", "steps", "lr", "loss", "schedule", "adversarial", "n_critic"}
@@ -417,27 +420,6 @@ def benchmark_rule(bench: Path) -> str:
 # ---------------------------------------------------------------- manifest
 
 
-def toml_value(value: Any) -> str:
-    """A TOML literal for the JSON-like ``value`` (JSON strings are valid TOML strings)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = [f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None]
-        return "{ " + ", ".join(items) + " }" if items else "{}"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def entry_block(entry: dict[str, Any]) -> str:
-    lines = ["[[model]]"] + [f"{k} = {toml_value(v)}" for k, v in entry.items()]
-    return "\n".join(lines) + "\n"
-
-
 def _split_blocks(text: str) -> tuple[str, list[str]]:
     """(head, [[model]] blocks) of a manifest's text."""
     parts = text.split("\n[[model]]\n")
@@ -473,115 +455,6 @@ def config_overrides(arch: str, config: dict[str, Any]) -> dict[str, Any]:
 
     default = get_spec(arch).default_config
     return {k: v for k, v in config.items() if v is not None and default.get(k) != v}
-
-
-# ---------------------------------------------------------------- model card
-
-
-def _score_table(result: dict[str, Any]) -> list[str]:
-    rows = result["rows"]
-    families = sorted({f for r in rows for f in r.get("families", {})})
-    head = "| | PSNR dB | SSIM | gain dB | " + " | ".join(f"{f} dB" for f in families) + " |"
-    lines = [head, "|" + "---|" * (4 + len(families))]
-    for r in rows:
-        fam = " | ".join(f"{r['families'][f]['psnr']:.2f}" for f in families)
-        gain = "" if r["kind"] == "input" else f"{r['psnr_gain']:+.2f}"
-        lines.append(f"| {r['label']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {gain} | {fam} |")
-    return lines
-
-
-def _lineage_lines(lineage: dict[str, Any] | None) -> list[str]:
-    """'initialised from' lines of a fine-tuned model, back to its first ancestor."""
-    lines = []
-    prefix = "- initialised from"
-    while lineage:
-        name = lineage.get("manifest_name") or lineage["model"]
-        lines.append(
-            f"{prefix}: `{name}` ({lineage['arch']}, file `{Path(lineage['file']).name}`, "
-            f"sha256 `{lineage['sha256']}`)"
-        )
-        lineage, prefix = lineage.get("parent"), "  - which was initialised from"
-    return lines
-
-
-def model_card(
-    arch: str, entry: dict[str, Any], info: dict[str, Any], picture: str | None, default: bool
-) -> str:
-    """The markdown model card of one pretrained model."""
-    lines = [
-        f"# `{entry['name']}`: {info['title']}",
-        "",
-        f"{entry['description']}",
-        "",
-        *(
-            ["The default model: `deblur restore` uses it when `--model` is omitted.", ""]
-            if default
-            else []
-        ),
-        f"- file: `deblurcli/pretrained/{entry['file']}` (fp16 safetensors, "
-        f"{entry['size'] / 1e6:.2f} MB, sha256 `{entry['sha256']}`)",
-        f"- config: `{json.dumps(info['arch_config'])}` (registry default: "
-        f"`{json.dumps(info['default_config'])}`; the shipped model is narrower where CPU "
-        "training needed it, the paper config stays the registry default)",
-        f"- parameters: {info['params']:,}",
-        f"- licence: {entry['license']} (derived from the photo pool; see "
-        "[docs/dataset.md](../dataset.md) for each photo's licence)",
-        f"- training data: {entry['dataset']}",
-        f"- recipe: {info['recipe']}",
-        *_lineage_lines(info.get("init")),
-        f"- trained: {info['step']} steps, {info['precision']}, "
-        f"{info['patches_per_s']:.1f} patches/s",
-        "",
-        "Exact command:",
-        "",
-        "```bash",
-        entry["recipe"],
-        "```",
-        "",
-        "Reproduce it (the photo pool, then this model's part of the plan):",
-        "",
-        "```bash",
-        "deblur data fetch && deblur data prepare",
-        f"python scripts/train_pretrained.py --arch {arch}",
-        "```",
-        "",
-        f"## Benchmark ({entry.get('benchmark', '`deblur eval --benchmark`')})",
-        "",
-        *_score_table(info["eval"]),
-        "",
-    ]
-    if info.get("check") is not None:
-        lines += [
-            "## Independent check (photos kept apart from the pool)",
-            "",
-            "The same benchmark rule on photos from another source and other photographers, "
-            "never used for training or checkpoint selection (`deblur data fetch --pool check`;"
-            " list in `deblurcli/data/check_photos.toml`).",
-            "",
-            *_score_table(info["check"]),
-            "",
-        ]
-    lines += ["## Quality bars (issue #8)", ""]
-    lines += [f"- {'pass' if ok else 'FAIL'}: {name}" for name, ok in info["bars"].items()]
-    if info.get("mp_per_s") is not None:
-        w, h = info["speed_size"]
-        lines += [
-            "",
-            f"Restore speed on CPU ({info['speed_threads']} thread(s), `deblur restore` "
-            "defaults): "
-            f"{info['mp_per_s']:.3f} MP/s at {w}×{h}.",
-        ]
-    if picture is not None:
-        lines += [
-            "",
-            "## Before / after",
-            "",
-            f"![blurry, restored, sharp]({Path(picture).name})",
-            "",
-            f"Left to right: blurry input, `{entry['name']}`, sharp target "
-            f"(benchmark crop `{info['picture_source']}`).",
-        ]
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- pipeline

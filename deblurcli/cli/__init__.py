@@ -8,7 +8,7 @@ from typing import Any
 import typer
 import typer.core
 
-from deblurcli.cli import blur, data, evaluate, models, restore, train, weights
+from deblurcli.cli import blur, data, evaluate, export, models, restore, train, weights
 from deblurcli.cli._common import CONTEXT_SETTINGS
 
 
@@ -66,6 +66,7 @@ app.command("train")(train.train)
 app.command("eval")(evaluate.evaluate)
 app.command("restore")(restore.restore)
 app.command("models")(models.models)
+app.command("export")(export.export)
 app.add_typer(weights.app, name="weights")
 app.add_typer(data.app, name="data")
 

@@ -86,3 +86,19 @@ def models(
         "(what 'deblur train' builds without --config). More: 'deblur models --json'.",
         highlight=False,
     )
+    _print_external()
+
+
+def _print_external() -> None:
+    """The published families ``--model FILE`` also runs, when the zoo extra is installed."""
+    from deblurcli.weights.zoo import external_families
+
+    families = external_families()
+    if not families:
+        return
+    table = Table(title="published checkpoints via spandrel (--model FILE; see docs/zoo.md)")
+    table.add_column("name")
+    table.add_column("architecture")
+    for f in families:
+        table.add_row(f["name"], f["title"])
+    console.print(table)
