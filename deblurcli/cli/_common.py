@@ -10,6 +10,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from deblurcli.errors import DeblurError
 
@@ -26,7 +27,9 @@ def fail(message: str, code: int = 1, *, as_json: bool = False) -> NoReturn:
     With ``as_json`` stdout also gets ``{"error": message, "exit_code": code}``, so a script
     reading the JSON summary always gets one JSON object.
     """
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: a message may hold brackets ("pip install 'deblurcli[zoo]'", a path) that are
+    # not markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     if as_json:
         typer.echo(json.dumps({"error": message, "exit_code": code}))
     raise typer.Exit(code)

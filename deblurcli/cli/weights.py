@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich import box
@@ -15,7 +16,7 @@ from deblurcli.weights.manifest import get_pretrained, list_pretrained, manifest
 from deblurcli.weights.resolve import local_weights, resolve_weights
 
 app = typer.Typer(
-    help="Pretrained weights: list, download, verify and locate them.",
+    help="Pretrained weights: list, download, verify, locate and push them.",
     no_args_is_help=True,
 )
 
@@ -154,3 +155,35 @@ def path(name: str = typer.Argument(..., help="A manifest name (arch or arch.tag
             f"'{entry.name}' is not on this machine yet; run 'deblur weights download {entry.name}'"
         )
     typer.echo(str(found))
+
+
+@app.command("push")
+@friendly_errors
+def push(
+    source: str = typer.Argument(..., help="A 'deblur train' run folder or its .safetensors."),
+    repo: str = typer.Option(..., "--repo", help="Hub model repository, owner/name."),
+    revision: str = typer.Option("main", "--revision", help="Branch to commit to."),
+    private: bool = typer.Option(False, "--private", help="Create the repository private."),
+    name: str | None = typer.Option(
+        None, "--name", help="Manifest name.", show_default="ARCH.<repo name>"
+    ),
+    license_: str = typer.Option("MIT", "--license", help="Licence of the weights."),
+    eval_json: Path | None = typer.Option(
+        None, "--eval", help="A 'deblur eval --json' result to put in the model card."
+    ),
+) -> None:
+    """Upload a model, config.json and model card to the Hub; print its manifest entry."""
+    from deblurcli.weights.publish import push_model
+
+    result = None
+    if eval_json is not None:
+        try:
+            result = json.loads(eval_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--eval {eval_json}: not a readable JSON file ({exc})") from None
+    pushed = push_model(
+        source, repo, branch=revision, private=private, name=name, license=license_,
+        eval_result=result,
+    )  # fmt: skip
+    err_console.print(f"pushed {pushed.uri}; add this to weights_manifest.toml:", highlight=False)
+    typer.echo(pushed.manifest_text, nl=False)

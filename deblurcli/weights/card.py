@@ -163,17 +163,26 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
+# Licence identifiers the Hub's metadata accepts as they are (the rest become "other").
+_HUB_LICENCES = {
+    "mit", "apache-2.0", "bsd-2-clause", "bsd-3-clause", "gpl-2.0", "gpl-3.0", "lgpl-3.0",
+    "agpl-3.0", "cc0-1.0", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "openrail",
+}  # fmt: skip
+
+
 def _yaml_scalar(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid YAML scalar
 
 
 def hub_front_matter(arch: str, entry: dict[str, Any], info: dict[str, Any]) -> str:
     """The Hub's model-card metadata header (YAML between ``---`` lines)."""
-    licence = str(entry.get("license") or "other").lower()
+    licence = str(entry.get("license") or "other")
+    known = licence.lower() in _HUB_LICENCES
     lines = [
         "---",
         "library_name: deblurcli",
-        f"license: {_yaml_scalar(licence)}",
+        f"license: {licence.lower() if known else 'other'}",
+        *([] if known else [f"license_name: {_yaml_scalar(licence)}"]),
         "pipeline_tag: image-to-image",
         "tags:",
         *(f"- {t}" for t in ("deblurring", "image-restoration", "deblurcli", arch)),

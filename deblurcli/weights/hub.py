@@ -158,3 +158,40 @@ def download(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise WeightsUnavailableError(f"{what}: download failed ({first})") from None
     return Path(path)
+
+
+def upload_folder(
+    folder: Path,
+    repo_id: str,
+    *,
+    branch: str = "main",
+    private: bool = False,
+    message: str = "Upload deblurcli model",
+) -> str:
+    """Create ``repo_id`` if needed and commit ``folder``'s files to ``branch``; the commit sha.
+
+    The token is huggingface_hub's usual one (``HF_TOKEN`` or ``hf auth login``).
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        from httpx2 import HTTPError as transport_error
+    except ImportError:  # pragma: no cover
+        transport_error = OSError
+
+    if is_offline():
+        raise WeightsUnavailableError("cannot push: HF_HUB_OFFLINE is set")
+    api = HfApi(endpoint=_endpoint())
+    where = f"hf://{repo_id}@{branch}"
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if branch != "main":
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        info = api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, revision=branch, commit_message=message
+        )
+    except (HfHubHTTPError, transport_error, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WeightsUnavailableError(f"push to {where} failed ({first})") from None
+    return str(info.oid)

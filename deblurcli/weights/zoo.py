@@ -11,7 +11,6 @@ like one of the six.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,11 @@ _EXTERNAL_OVERLAP = 64
 
 def spandrel_available() -> bool:
     """True when the optional spandrel package is importable."""
-    return importlib.util.find_spec("spandrel") is not None
+    try:
+        import spandrel  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class ExternalModel(nn.Module):
