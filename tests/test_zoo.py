@@ -126,7 +126,9 @@ def test_pth_is_read_with_weights_only(tmp_path):
 
     path = tmp_path / "evil.pth"
     torch.save({"params": Evil()}, path)
-    result = runner.invoke(app, ["restore", str(PHOTO), "--model", str(path), "-o", "x.png"])
+    result = runner.invoke(
+        app, ["restore", str(PHOTO), "--model", str(path), "-o", str(tmp_path / "x.png")]
+    )
     assert result.exit_code == 1
     assert "refused to load" in result.output and "owned" not in result.output
 
@@ -148,7 +150,9 @@ def test_super_resolution_model_is_refused(tmp_path):
 
     path = tmp_path / "esrgan.pth"
     torch.save(ESRGAN(num_filters=8, num_blocks=1, scale=4).state_dict(), path)
-    result = runner.invoke(app, ["restore", str(PHOTO), "--model", str(path), "-o", "x.png"])
+    result = runner.invoke(
+        app, ["restore", str(PHOTO), "--model", str(path), "-o", str(tmp_path / "x.png")]
+    )
     assert result.exit_code == 1
     assert "SR model (scale 4), not an image restoration model" in result.output
 
