@@ -76,7 +76,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--rss-size", default=None, help="HxW for the RSS run [4000x6000]")
     parser.add_argument("--rss-archs", default="simplecnn,transformnet")
+    parser.add_argument("--onnx", choices=("yes", "no", "only"), default="yes",
+                        help="the onnxruntime-vs-torch table of the shipped models")  # fmt: skip
     args = parser.parse_args()
+    if args.onnx == "only":
+        return onnx_vs_torch(args.quick, args.repeats)
     h, w = map(int, (args.size or ("384x512" if args.quick else "1024x1536")).split("x"))
     tile = args.tile or (256 if args.quick else 1024)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -136,6 +140,47 @@ def main() -> None:
             print(row, flush=True)
     base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"(peak RSS of this benchmark process itself: {base_mb:.0f} MB)")
+    if args.onnx == "yes":
+        onnx_vs_torch(args.quick, args.repeats)
+
+
+# ---------------------------------------------------------------- onnxruntime vs torch
+
+
+def onnx_vs_torch(quick: bool, repeats: int | None) -> None:
+    """CPU MP/s of each shipped model exported to ONNX (onnxruntime) vs torch, side by side.
+
+    Same engine call (``restore_tensor``, whole image, fp32) on both backends, same thread
+    count; the ratio is onnxruntime/torch, and ``max |diff|`` the largest pixel difference.
+    """
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("onnxruntime vs torch: skipped (pip install 'deblurcli[onnx]')")
+        return
+    from deblurcli.inference.onnx import OnnxModel, export_onnx
+    from deblurcli.weights import load_model
+
+    h, w = (256, 384) if quick else (512, 768)
+    repeats = repeats or (1 if quick else 3)
+    x, mp = _photo(h, w), h * w / 1e6
+    print(f"\nonnxruntime vs torch, CPU, {torch.get_num_threads()} threads, shipped models, "
+          f"{w}×{h} whole image, median of {repeats}")  # fmt: skip
+    print(f"{'model':<13}{'torch MP/s':>11}{'ORT MP/s':>10}{'ORT/torch':>10}{'max |diff|':>11}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in list_archs():
+            model = load_model(name)
+            ort_model = OnnxModel(export_onnx(model, Path(tmp) / f"{name}.onnx"))
+            (t_torch, t_ort), (a, b) = _side_by_side(
+                [
+                    lambda m=model: restore_tensor(m, x, tile=0, device="cpu", precision="fp32"),
+                    lambda m=ort_model: restore_tensor(m, x, tile=0, device="cpu"),
+                ],
+                repeats,
+            )
+            diff = float((a - b).abs().max())
+            print(f"{name:<13}{mp / t_torch:>11.3f}{mp / t_ort:>10.3f}"
+                  f"{t_torch / t_ort:>9.2f}x{diff:>11.1e}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
