@@ -28,6 +28,7 @@ INSTALL_HINT = "pip install 'deblurcli[zoo]'"
 DEBLURRING_ARCHS = ("NAFNet", "FFTformer", "Uformer", "KBNet")
 # Blend margin for published models: their receptive fields are far wider than the six's.
 _EXTERNAL_OVERLAP = 64
+_NOT_OURS = "not a deblurcli checkpoint (no 'deblurcli.arch' metadata or config.json beside it)"
 
 
 def spandrel_available() -> bool:
@@ -117,8 +118,8 @@ def load_external(path: Path) -> ExternalModel:
     """Build the published restoration model in ``path`` with spandrel (fp32, eval mode)."""
     if not spandrel_available():
         raise CheckpointError(
-            f"{path}: not a deblurcli checkpoint (no deblurcli metadata and no config.json "
-            f"beside it); published checkpoints such as NAFNet need the zoo extra: {INSTALL_HINT}"
+            f"{path}: {_NOT_OURS}; published checkpoints such as NAFNet need the zoo extra: "
+            f"{INSTALL_HINT}"
         )
     from spandrel import (
         MAIN_REGISTRY,
@@ -132,8 +133,7 @@ def load_external(path: Path) -> ExternalModel:
         descriptor = MAIN_REGISTRY.load(state)
     except UnsupportedModelError:
         raise CheckpointError(
-            f"{path}: {describe_state(state)}, neither a deblurcli checkpoint nor an "
-            "architecture spandrel recognises"
+            f"{path}: {describe_state(state)}; {_NOT_OURS}, nor an architecture spandrel recognises"
         ) from None
     except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
