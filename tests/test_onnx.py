@@ -97,7 +97,7 @@ def test_restore_runs_an_onnx_file_like_the_torch_model(tmp_path):
     from deblurcli.weights import save_checkpoint
 
     save_checkpoint(model, torch_file)
-    for args in (["--tile", "0"], ["--tile", "48", "--tile-overlap", "16"]):
+    for args in (["--tile", "0"], ["--tile", "64", "--tile-overlap", "16"]):
         a = _restore(tmp_path, str(torch_file), src, "torch.png", *args, "--overwrite")
         b = _restore(tmp_path, str(path), src, "onnx.png", *args, "--overwrite")
         assert np.abs(a - b).max() <= 1 / 255

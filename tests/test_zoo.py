@@ -86,7 +86,7 @@ def _restore(tmp_path: Path, model: Path, pixels: np.ndarray, *args: str) -> np.
 @pytest.mark.parametrize(
     ("fixture", "size", "tiling"),
     [
-        ("nafnet_pth", (64, 96), ["--tile", "32", "--tile-overlap", "16"]),
+        ("nafnet_pth", (96, 144), ["--tile", "64", "--tile-overlap", "16"]),
         ("fftformer_st", (96, 128), ["--tile", "64", "--tile-overlap", "32"]),
     ],
 )
@@ -108,9 +108,10 @@ def test_restore_matches_direct_forward(request, tmp_path, fixture, size, tiling
 def test_descriptor_sets_precision_and_size_multiple(nafnet_pth, fftformer_st):
     naf, fft = load_model(nafnet_pth[1]), load_model(fftformer_st[1])
     assert naf.arch_name == "spandrel:NAFNet" and fft.arch_name == "spandrel:FFTformer"
-    # spandrel's descriptors: NAFNet and FFTformer are bf16-only, FFTformer pads to 32.
+    # spandrel's descriptors: NAFNet and FFTformer are bf16-only, FFTformer pads to 32;
+    # NAFNet pads itself to 2**(encoder levels): tiles align to that, so none is zero-padded.
     assert (naf.arch_spec.fp16_safe, naf.arch_spec.bf16_safe) == (False, True)
-    assert fft.arch_spec.size_multiple == 32 and naf.arch_spec.size_multiple == 1
+    assert fft.arch_spec.size_multiple == 32 and naf.arch_spec.size_multiple == 4
     result = runner.invoke(
         app, ["restore", "x.png", "--model", str(nafnet_pth[1]), "--precision", "fp16"]
     )

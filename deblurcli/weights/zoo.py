@@ -11,6 +11,7 @@ like one of the six.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,13 @@ def spandrel_available() -> bool:
     return True
 
 
+def _size_multiple(descriptor: Any) -> int:
+    """spandrel's ``multiple_of``, and the multiple a network pads itself to (NAFNet's
+    ``padder_size``): tiles of that multiple need no zero padding inside the network."""
+    inner = getattr(descriptor.model, "padder_size", 1)
+    return math.lcm(int(descriptor.size_requirements.multiple_of), int(inner or 1))
+
+
 class ExternalModel(nn.Module):
     """A spandrel-built network behind deblurcli's model interface.
 
@@ -65,7 +73,7 @@ class ExternalModel(nn.Module):
             title=arch.name,
             source="spandrel",
             default_config={},
-            size_multiple=int(req.multiple_of),
+            size_multiple=_size_multiple(descriptor),
             fp16_safe=bool(descriptor.supports_half),
             bf16_safe=bool(descriptor.supports_bfloat16),
             tile_overlap=_EXTERNAL_OVERLAP,
