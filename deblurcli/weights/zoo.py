@@ -29,7 +29,11 @@ INSTALL_HINT = "pip install 'deblurcli[zoo]'"
 DEBLURRING_ARCHS = ("NAFNet", "FFTformer", "Uformer", "KBNet")
 # Blend margin for published models: their receptive fields are far wider than the six's.
 _EXTERNAL_OVERLAP = 64
-_NOT_OURS = "not a deblurcli checkpoint (no 'deblurcli.arch' metadata or config.json beside it)"
+_NOT_OURS = "no 'deblurcli.arch' metadata and no config.json beside it"
+_ARCH_HINT = (
+    "if it is one of the six, name it with --arch NAME (e.g. 'deblur restore --arch edgenet "
+    "-m FILE', and 'deblur eval --arch' likewise)"
+)
 
 
 def spandrel_available() -> bool:
@@ -126,8 +130,8 @@ def load_external(path: Path) -> ExternalModel:
     """Build the published restoration model in ``path`` with spandrel (fp32, eval mode)."""
     if not spandrel_available():
         raise CheckpointError(
-            f"{path}: {_NOT_OURS}; published checkpoints such as NAFNet need the zoo extra: "
-            f"{INSTALL_HINT}"
+            f"{path}: {_NOT_OURS}; a published checkpoint such as NAFNet needs the zoo extra "
+            f"({INSTALL_HINT}); {_ARCH_HINT}"
         )
     from spandrel import (
         MAIN_REGISTRY,
@@ -141,7 +145,8 @@ def load_external(path: Path) -> ExternalModel:
         descriptor = MAIN_REGISTRY.load(state)
     except UnsupportedModelError:
         raise CheckpointError(
-            f"{path}: {describe_state(state)}; {_NOT_OURS}, nor an architecture spandrel recognises"
+            f"{path}: {describe_state(state)}, {_NOT_OURS}, and not an architecture "
+            f"spandrel recognises; {_ARCH_HINT}"
         ) from None
     except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
