@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             list(pool.map(one, chosen))
     done = [args.runs / v["name"] / "result.json" for v in variants]
     results = [json.loads(p.read_text()) for p in done if p.is_file()]
+    notes = {v["name"]: v.get("note", "") for v in variants}
+    for r in results:  # the plan's current wording
+        r["variant"]["note"] = notes[r["variant"]["name"]]
     if results:
         write_table(table(results), args.doc)
         print(f"table of {len(results)} variant(s) written to {args.doc}")
