@@ -257,11 +257,16 @@ def output_format(path: Path, fmt: str | None = None) -> str:
 
 
 def encode_image(
-    image: ImageData, fmt: str, jpeg_quality: int = 95, png_compress_level: int | None = None
+    image: ImageData,
+    fmt: str,
+    jpeg_quality: int = 95,
+    png_compress_level: int | None = None,
+    webp_lossless: bool = False,
 ) -> bytes:
     """Encode ``image`` in ``fmt`` keeping depth, alpha, ICC and EXIF where the format can.
 
     ``png_compress_level`` (0–9) trades PNG size for speed; None keeps the encoder default.
+    WebP is lossy at ``jpeg_quality`` unless ``webp_lossless``.
     """
     sixteen = image.bit_depth == 16 and fmt in _SIXTEEN_BIT_FORMATS
     alpha = image.alpha if fmt in _ALPHA_FORMATS else None
@@ -276,6 +281,8 @@ def encode_image(
         params["exif"] = image.exif
     if fmt == "JPEG":
         params.update(quality=jpeg_quality, subsampling=0 if jpeg_quality >= 90 else 2)
+    elif fmt == "WEBP" and webp_lossless:
+        params.update(lossless=True, quality=100)
     elif fmt == "WEBP":
         params.update(quality=jpeg_quality)
     elif fmt == "TIFF":

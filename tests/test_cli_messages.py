@@ -151,6 +151,11 @@ def test_tile_checks(tmp_path, ckpt):
     negative = runner.invoke(app, [*base, "--tile", "64", "--tile-overlap", "-1"])
     assert negative.exit_code == 2 and "--tile-overlap" in negative.output
     assert not (tmp_path / "o").exists()
+    pairs = tmp_path / "pairs"
+    _save(pairs / "sharp" / "a.png", natural_image(96, 96))
+    _save(pairs / "blurred" / "a.png", natural_image(96, 96, seed=2))
+    ev = runner.invoke(app, ["eval", "-m", str(ckpt), "--data", str(pairs), "--tile", "32"])
+    assert ev.exit_code == 2 and "--tile 32 is too small" in ev.stderr
 
 
 def test_large_overlap_warns_with_a_size(tmp_path, ckpt, caplog):
@@ -274,3 +279,159 @@ def test_classical_kernel_usage_errors(tmp_path):
         result = runner.invoke(app, [*base, *extra])
         assert result.exit_code == 2 and message in result.stderr, (extra, result.output)
     assert not (tmp_path / "o.png").exists()
+
+
+# ---------------------------------------------------------------- deblur blur
+def _jpeg(path: Path, img: np.ndarray, quality: int = 90) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(path, quality=quality)
+    return path
+
+
+def _records(out: Path) -> dict[str, dict]:
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    return {r["path"]: r for r in map(json.loads, lines)}
+
+
+def test_blur_never_recompresses_sharp_jpegs(tmp_path):
+    src = tmp_path / "src"
+    photo = _jpeg(src / "a.jpg", natural_image(80, 96))
+    same = tmp_path / "same"
+    args = ["blur", str(src), "--kind", "gaussian", "-j", "1"]
+    assert runner.invoke(app, [*args, "-o", str(same)]).exit_code == 0
+    assert (same / "sharp" / "a.jpg").read_bytes() == photo.read_bytes()  # copied as is
+    record = _records(same)["a.jpg"]
+    assert record["blurred"] == "blurred/a.jpg" and record["blurred_jpeg_quality"] == 95
+
+    cropped = tmp_path / "cropped"
+    assert runner.invoke(app, [*args, "-o", str(cropped), "--crop", "64"]).exit_code == 0
+    record = _records(cropped)["a.jpg"]
+    assert record["sharp"] == "sharp/a.png"  # cropped: written losslessly, not re-encoded
+    decoded = read_image(photo).pixels[8:72, 16:80]
+    assert np.array_equal(read_image(cropped / record["sharp"]).pixels, decoded)
+    pairs = runner.invoke(app, ["eval", "-m", "identity", "--data", str(cropped), "--json"])
+    assert pairs.exit_code == 0 and json.loads(pairs.stdout)["settings"]["pairs_scored"] == 1
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])
+def test_blur_format_option(tmp_path, fmt):
+    src = tmp_path / "src"
+    _save(src / "a.png", natural_image(64, 64))
+    _jpeg(src / "b.jpg", natural_image(64, 64, seed=2))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["blur", str(src), "-o", str(out), "--format", fmt, "-j", "1"])
+    assert result.exit_code == 0, result.output
+    ext = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}[fmt]
+    records = _records(out)
+    assert sorted(records) == [f"a{ext}", f"b{ext}"]
+    for rel, record in records.items():
+        blurred = Image.open(out / record["blurred"])
+        assert blurred.format == {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[fmt]
+        assert record["blurred_jpeg_quality"] == (95 if fmt == "jpg" else None)
+        assert Image.open(out / record["sharp"]).format != "JPEG" or record["source"] == "b.jpg"
+        kernel = out / record["kernel"] if record["kernel"] else None
+        assert kernel is None or kernel.name == f"{rel}.npy"
+    if fmt == "webp":  # lossless: the sharp copy is the source's pixels exactly
+        sharp = read_image(out / records["a.webp"]["sharp"]).pixels
+        assert np.array_equal(sharp, read_image(src / "a.png").pixels)
+    again = runner.invoke(app, ["blur", str(src), "-o", str(out), "--format", fmt, "--json"])
+    assert len(json.loads(again.stdout)["skipped"]) == 2  # resumes with the new names
+    bad = runner.invoke(app, ["blur", str(src), "-o", str(out), "--format", "gif"])
+    assert bad.exit_code == 2 and "--format" in bad.stderr
+
+
+def test_blur_manifest_records_every_jpeg_quality(tmp_path):
+    src = tmp_path / "src"
+    _jpeg(src / "a.jpg", natural_image(48, 48))
+    out = tmp_path / "out"
+    args = ["blur", str(src), "-o", str(out), "--kind", "gaussian", "--jpeg-quality", "70"]
+    assert runner.invoke(app, [*args, "-j", "1"]).exit_code == 0
+    record = _records(out)["a.jpg"]
+    assert (record["jpeg_quality"], record["blurred_jpeg_quality"]) == (70, 95)
+
+
+def test_blur_too_large_names_an_option_it_has(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    _save(src / "big.png", natural_image(64, 64))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 > 2 × 1000: refused
+    out = tmp_path / "out"
+    refused = runner.invoke(app, ["blur", str(src), "-o", str(out), "-j", "1"])
+    assert refused.exit_code == 1 and "--max-pixels" in refused.output
+    help_text = runner.invoke(app, ["blur", "--help"]).stdout
+    assert "--max-pixels" in help_text
+    allowed = runner.invoke(app, ["blur", str(src), "-o", str(out), "-j", "1", "--max-pixels", "0"])
+    assert allowed.exit_code == 0, allowed.output
+    assert (out / "blurred" / "big.png").is_file()
+
+
+def test_blur_into_its_own_source_folder(tmp_path):
+    src = tmp_path / "src"
+    _save(src / "a.png", natural_image(32, 32))
+    result = runner.invoke(app, ["blur", str(src), "-o", str(src)])
+    assert result.exit_code == 2 and "is the source folder itself" in result.stderr
+    assert "no images found" not in result.stderr
+    assert sorted(p.name for p in src.iterdir()) == ["a.png"]
+
+
+# ---------------------------------------------------------------- deblur train
+def test_train_help_documents_every_option():
+    text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "%%" not in text and "runs/ARCH" in text
+    rows = [
+        line for line in text.splitlines() if line.startswith("│") and "--" in line[:25]
+    ]  # the options panel, not the description
+    assert len(rows) > 20
+    for row in rows:  # "--name  -x  <type>  help text": no option without its help
+        cells = row.strip("│ ").split("  ")
+        assert len([c for c in cells if c.strip()]) >= 3, row
+
+
+def _pairs(root: Path, n: int = 4) -> Path:
+    for i in range(n):
+        sharp = natural_image(48, 48, seed=i)
+        _save(root / "sharp" / f"{i}.png", sharp)
+        _save(
+            root / "blurred" / f"{i}.png", np.clip(convolve(sharp, np.full((5, 5), 1 / 25)), 0, 1)
+        )
+    return root
+
+
+def test_train_summary_and_curves_compare_with_the_blurry_input(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    data = _pairs(tmp_path / "pairs")
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig) or close(fig))
+    run = tmp_path / "run"
+    args = ["train", "--arch", "simplecnn", "--width", "tiny", "--data", str(data)]
+    args += ["--val", str(data), "--steps", "4", "--val-every", "2", "--patch-size", "32"]
+    args += ["--batch-size", "2", "--workers", "0", "--loss", "mse", "-o", str(run)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+    def pixels(folder: str, i: int) -> torch.Tensor:
+        return torch.from_numpy(read_image(data / folder / f"{i}.png").pixels)
+
+    # validation crops are up to 256 px: these 48 px images are scored whole
+    blurry = np.mean([float(psnr(pixels("blurred", i), pixels("sharp", i))) for i in range(4)])
+    summary = json.loads(runner.invoke(app, [*args, "--resume", "--steps", "6", "--json"]).stdout)
+    assert summary["blurry_psnr"] == pytest.approx(blurry, abs=1e-4)
+    assert f"(blurry input {summary['blurry_psnr']:.2f} dB on the same pairs)" in result.stdout
+    ax = figures[0].axes[0]
+    assert ax.get_title() and ax.get_xlabel() == "step" and ax.get_ylabel()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:2] == ["train loss", "val PSNR"] and labels[2].startswith("blurry input")
+    psnr_axis = figures[0].axes[1]
+    assert psnr_axis.get_ylabel() == "validation PSNR (dB)"
+    flat = [line.get_ydata() for line in psnr_axis.lines if len(set(line.get_ydata())) == 1]
+    assert [float(y[0]) for y in flat] == [pytest.approx(summary["blurry_psnr"], abs=1e-3)]
+    assert (run / "curves.png").is_file()
+
+
+def test_train_warns_about_vgg_only_after_the_arguments_are_good(tmp_path, caplog):
+    # simplecnn's recipe has a VGG19 perceptual term and no VGG19 weights are on this machine
+    result = runner.invoke(app, ["train", "--arch", "simplecnn", "--data", str(tmp_path / "no")])
+    assert result.exit_code == 2
+    assert "VGG" not in result.output and result.stderr.count("\n") == 1
+    assert not [r for r in caplog.records if "VGG" in r.getMessage()]

@@ -133,6 +133,19 @@ def blur(
     shard: str | None = typer.Option(
         None, "--shard", help="i/n: this machine's share (0 <= i < n) of a split run."
     ),
+    fmt: str | None = typer.Option(
+        None,
+        "--format",
+        help="Output format: png, jpg or webp (WebP lossless). Sharp copies are never "
+        "re-encoded as JPEG: they are copied as is or written as PNG.",
+        show_default="each source's",
+    ),
+    max_pixels: int | None = typer.Option(
+        None,
+        "--max-pixels",
+        min=0,
+        help="Raise Pillow's decompression-bomb limit to this many pixels (0 = none).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo images already done."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -144,7 +157,7 @@ def blur(
     linear motion 9.4% each; the kernel blurs get noise 30% and JPEG 20% of the time). Every
     parameter is recorded in OUT/manifest.jsonl and each kernel (for camera: the one at the
     image centre) in OUT/kernels/<path>.npy. Re-running resumes; RGBA images blur RGB, keep
-    alpha.
+    alpha. Blurred JPEGs are written at quality 95 (recorded per image).
     """
     if kind not in KINDS:
         raise UsageError(f"unknown --kind {kind!r}; choose from {', '.join(KINDS)}")
@@ -165,6 +178,8 @@ def blur(
         shard=_shard(shard),
         limit=limit,
         overwrite=overwrite,
+        fmt=fmt.lower().replace("jpeg", "jpg") if fmt else None,
+        max_pixels=max_pixels,
     )
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))

@@ -39,13 +39,13 @@ def train(
     sharp: Path | None = typer.Option(None, "--sharp", help="Folder of sharp images."),
     blurred: Path | None = typer.Option(None, "--blurred", help="Folder of blurred images."),
     val: Path | None = typer.Option(
-        None, "--val", help="Validation dataset (default: ~10%% of --data by name hash)."
+        None, "--val", help="Validation dataset (default: ~10% of --data, chosen by name hash)."
     ),
     degrade: str | None = typer.Option(
         None, "--degrade", help="Blur sharp-only --data on the fly: motion, gaussian, mix, ..."
     ),
     patch_size: int = typer.Option(128, "--patch-size", min=8, help="Random crop size."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Patches per step."),
     steps: int = typer.Option(1000, "--steps", min=1, help="Total optimisation steps."),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate (default: the recipe's)."),
     loss: str | None = typer.Option(
@@ -76,7 +76,9 @@ def train(
     config: list[str] = typer.Option(
         [], "--config", "-c", help="Architecture config override key=value (repeatable)."
     ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder [runs/ARCH]."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run folder.", show_default="runs/ARCH"
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out exactly."),
     init: str | None = typer.Option(
         None,
@@ -93,7 +95,9 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16, fp16 (CUDA)."),
     compile_model: bool = typer.Option(False, "--compile", help="Use torch.compile."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed of the weights' init and the data order (same seed, same run)."
+    ),
     val_every: int | None = typer.Option(
         None, "--val-every", min=1, help="Validate every N steps [500; --resume: the run's]."
     ),
@@ -166,6 +170,8 @@ def train(
         )
         return
     start = f" from {result.init['model']}" if result.init else ""
+    if result.best_psnr is not None and result.blurry_psnr is not None:
+        best += f" (blurry input {result.blurry_psnr:.2f} dB on the same pairs)"
     console.print(
         f"trained {result.arch}{start} for {result.step}/{result.steps} steps: "
         f"loss {result.last_loss:.4g}, "

@@ -1,7 +1,13 @@
 """Synthesize a paired dataset from a folder of sharp photos (what ``deblur blur`` runs).
 
 Layout under ``out``: ``sharp/<rel>``, ``blurred/<rel>``, ``kernels/<rel>.npy`` (float32, absent
-for noise only) and ``manifest.jsonl`` (one JSON record per image, sorted by path).
+for noise only) and ``manifest.jsonl`` (one JSON record per image, sorted by path). ``rel`` is
+the source's relative path, with its extension changed when ``fmt`` asks for another format.
+
+Sharp targets are never recompressed lossily: an unchanged source (no resize or crop, no
+EXIF rotation, same format) is copied byte for byte; otherwise a JPEG target is written as
+PNG (and WebP losslessly). Blurred JPEGs are written at :data:`JPEG_QUALITY`, recorded per
+image as ``blurred_jpeg_quality`` next to the degradation's own ``jpeg_quality``.
 
 Reproducibility: each image draws from ``np.random.default_rng(image_seed(seed, rel))`` and is
 processed on its own, so the bytes written do not depend on ``workers``, order, ``shard`` or
@@ -40,6 +46,7 @@ from deblurcli.imageio import (
     output_format,
     read_image,
     scan_images,
+    set_max_image_pixels,
 )
 from deblurcli.locks import output_lock
 
@@ -47,6 +54,8 @@ MANIFEST = "manifest.jsonl"
 # PNG zlib level for written images. Level 1 encodes several times faster than Pillow's
 # default 6 for files a little larger; it is fixed because the level changes the bytes.
 PNG_COMPRESS_LEVEL = 1
+JPEG_QUALITY = 95  # blurred images written as JPEG (the sharp ones never are)
+FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp"}  # --format
 _ORIENTATION_TAG = 0x0112
 
 
@@ -119,6 +128,20 @@ class _Job:
     options: DegradeOptions
     geometry: Geometry
     settings: str
+    fmt: str | None = None  # "png", "jpg", "webp" or None (the source's)
+    max_pixels: int | None = None
+
+    @property
+    def out_rel(self) -> str:
+        """The blurred image's path under ``blurred/`` (and the record's ``path``)."""
+        return output_rel(self.rel, self.fmt)
+
+
+def output_rel(rel: str, fmt: str | None) -> str:
+    """``rel`` with the extension of ``fmt`` (unchanged for None)."""
+    if fmt is None:
+        return rel
+    return Path(rel).with_suffix(FORMATS[fmt]).as_posix()
 
 
 def load_kernel(dataset_root: Path, rel_path: str) -> np.ndarray | None:
@@ -129,9 +152,11 @@ def load_kernel(dataset_root: Path, rel_path: str) -> np.ndarray | None:
     return np.load(path, allow_pickle=False).astype(np.float32, copy=False)
 
 
-def settings_digest(kind: str, seed: int, options: DegradeOptions, geometry: Geometry) -> str:
+def settings_digest(
+    kind: str, seed: int, options: DegradeOptions, geometry: Geometry, fmt: str | None = None
+) -> str:
     """Short hash of everything that decides the output bytes (kept in every record)."""
-    payload = {
+    payload: dict[str, Any] = {
         "kind": kind,
         "seed": int(seed),
         "options": options.to_dict(),
@@ -139,6 +164,8 @@ def settings_digest(kind: str, seed: int, options: DegradeOptions, geometry: Geo
         "crop": geometry.crop,
         "png_compress_level": PNG_COMPRESS_LEVEL,
     }
+    if fmt is not None:  # absent by default, so datasets made before --format still resume
+        payload["format"] = fmt
     text = json.dumps(payload, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -155,6 +182,8 @@ def synthesize_dataset(
     shard: tuple[int, int] | None = None,
     limit: int | None = None,
     overwrite: bool = False,
+    fmt: str | None = None,
+    max_pixels: int | None = None,
     progress: Callable[[BlurEvent], None] | None = None,
 ) -> BlurSummary:
     """Blur every image under ``source`` (recursively) into the paired layout under ``out``.
@@ -162,11 +191,17 @@ def synthesize_dataset(
     ``shard=(i, n)`` (0 <= i < n) takes every n-th image of the sorted list starting at i;
     ``limit`` keeps the first N of those. ``workers`` defaults to all cores. Bad files are
     reported in ``summary.failed`` and the rest carries on; ``progress`` gets one event per
-    image. Raises :class:`UsageError` for unusable arguments.
+    image. ``fmt`` (png, jpg, webp) sets the output format, else each source's is kept;
+    ``max_pixels`` raises Pillow's decompression-bomb limit (0: none). Raises
+    :class:`UsageError` for unusable arguments.
     """
     started = time.perf_counter()
     if kind not in KINDS:
         raise UsageError(f"unknown --kind {kind!r}; choose from {', '.join(KINDS)}")
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if max_pixels is not None:
+        set_max_image_pixels(max_pixels or None)
     options = options or DegradeOptions()
     geometry = geometry or Geometry()
     src, out = Path(source), Path(out)
@@ -177,7 +212,7 @@ def synthesize_dataset(
     with output_lock(out, "deblur blur", shared=shard is not None):
         return _synthesize(
             src, out, found, rels, unreadable, kind, seed, options, geometry, workers, shard,
-            overwrite, progress, started,
+            overwrite, progress, started, fmt, max_pixels,
         )  # fmt: skip
 
 
@@ -196,11 +231,13 @@ def _synthesize(
     overwrite: bool,
     progress: Callable[[BlurEvent], None] | None,
     started: float,
+    fmt: str | None = None,
+    max_pixels: int | None = None,
 ) -> BlurSummary:
     manifest_path = out / _manifest_name(shard)
-    settings = settings_digest(kind, seed, options, geometry)
+    settings = settings_digest(kind, seed, options, geometry, fmt)
     known = _read_records(out)
-    _check_settings(known, rels, settings, overwrite)
+    _check_settings(known, [output_rel(r, fmt) for r in rels], settings, overwrite)
 
     summary = BlurSummary(out=out, manifest=manifest_path, total=len(rels))
     for folder, why in unreadable:
@@ -208,26 +245,29 @@ def _synthesize(
         _emit(progress, summary, folder, "failed", f"{folder}: {why}")
     jobs: list[_Job] = []
     for rel in rels:
-        if not overwrite and _is_done(out, rel, known.get(rel)):
-            summary.skipped.append(rel)
-            _emit(progress, summary, rel, "skipped")
+        job = _Job(src / rel, rel, out, kind, seed, options, geometry, settings, fmt, max_pixels)
+        if not overwrite and _is_done(out, known.get(job.out_rel)):
+            summary.skipped.append(job.out_rel)
+            _emit(progress, summary, job.out_rel, "skipped")
         else:
-            jobs.append(_Job(src / rel, rel, out, kind, seed, options, geometry, settings))
+            jobs.append(job)
 
     _check_writable(manifest_path)
-    _remove_stale_parts(out, {job.rel for job in jobs})
+    png = [Path(job.out_rel).with_suffix(".png").as_posix() for job in jobs]
+    _remove_stale_parts(out, {job.rel for job in jobs} | {job.out_rel for job in jobs} | set(png))
     with open(manifest_path, "a", encoding="utf-8") as log:
-        for rel, record, error in _run(jobs, workers):
+        for source_rel, record, error in _run(jobs, workers):
+            rel = output_rel(source_rel, fmt)
             if error is None:
                 known[rel] = record
                 _append(log, manifest_path, json.dumps(record, sort_keys=True) + "\n")
                 summary.written += 1
                 _emit(progress, summary, rel, "written")
             else:
-                summary.failed.append((rel, error))
-                _emit(progress, summary, rel, "failed", error)
+                summary.failed.append((source_rel, error))
+                _emit(progress, summary, source_rel, "failed", error)
     if shard is not None:  # a shard's manifest holds that shard's images only
-        mine = set(_select(found, shard, None))
+        mine = {output_rel(r, fmt) for r in _select(found, shard, None)}
         known = {k: v for k, v in known.items() if k in mine}
     _write_manifest(manifest_path, known)
     summary.failed.sort()
@@ -284,6 +324,11 @@ def _scan(src: Path, out: Path) -> tuple[list[str], list[tuple[str, str]]]:
     if src.is_file():
         raise UsageError(f"{src}: expected a folder of images")
     out_resolved = out.resolve()
+    if out_resolved == src.resolve():
+        raise UsageError(
+            f"-o {out} is the source folder itself; choose another output folder "
+            "(sources are never overwritten)"
+        )
     rels = []
     images, unreadable = scan_images(src)
     for path in images:
@@ -340,10 +385,10 @@ def _check_settings(
             )
 
 
-def _is_done(out: Path, rel: str, record: dict[str, Any] | None) -> bool:
-    if record is None:
+def _is_done(out: Path, record: dict[str, Any] | None) -> bool:
+    if record is None or not isinstance(record.get("sharp"), str):
         return False
-    images = [out / "sharp" / rel, out / "blurred" / rel]
+    images = [out / record["sharp"], out / str(record.get("blurred"))]
     if not all(looks_complete(f) for f in images):
         return False  # empty, truncated or foreign: redo it
     return not record.get("kernel") or _non_empty(out / record["kernel"])
@@ -446,34 +491,39 @@ def _process_safely(job: _Job) -> tuple[str, dict | None, str | None]:
 
 def process_image(job: _Job) -> dict[str, Any]:
     """Read, (resize/crop), degrade and write one pair; returns its manifest record."""
+    if job.max_pixels is not None:  # a worker started without the parent's setting
+        set_max_image_pixels(job.max_pixels or None)
     data = read_image(job.source)
     size_in = [int(data.pixels.shape[1]), int(data.pixels.shape[0])]
     data = _apply_geometry(data, job.geometry, job.source)
     rng = np.random.default_rng(image_seed(job.seed, job.rel))
     result = degrade(data.pixels, job.kind, rng, job.options)
 
-    sharp, blurred = job.out / "sharp" / job.rel, job.out / "blurred" / job.rel
+    out_rel, sharp_rel = job.out_rel, _sharp_rel(job)
+    sharp, blurred = job.out / "sharp" / sharp_rel, job.out / "blurred" / out_rel
     kernel_rel = None
     if result.kernel is not None:
-        kernel_rel = f"kernels/{job.rel}.npy"
+        kernel_rel = f"kernels/{out_rel}.npy"
         with atomic_path(job.out / kernel_rel) as tmp, open(tmp, "wb") as f:
             np.save(f, result.kernel.astype(np.float32), allow_pickle=False)
-    if job.geometry.identity and _orientation(job.source) == 1:
+    if sharp_rel == job.rel and _unchanged(job):
         # Nothing to change: the source bytes are the exact sharp image (no re-encode loss).
         with atomic_path(sharp) as tmp:
             shutil.copyfile(job.source, tmp)
     else:
         _write(sharp, data)
+    blurred_format = output_format(blurred)
     _write(blurred, data.with_pixels(result.image))
 
     h, w = data.pixels.shape[:2]
     return {
-        "path": job.rel,
+        "path": out_rel,
+        "source": job.rel,
         "seed": image_seed(job.seed, job.rel),
         "run_seed": int(job.seed),
         "kernel": kernel_rel,
-        "sharp": f"sharp/{job.rel}",
-        "blurred": f"blurred/{job.rel}",
+        "sharp": f"sharp/{sharp_rel}",
+        "blurred": f"blurred/{out_rel}",
         "source_size": size_in,
         "size": [int(w), int(h)],
         "channels": int(data.pixels.shape[2]),
@@ -481,13 +531,41 @@ def process_image(job: _Job) -> dict[str, Any]:
         "bit_depth": data.bit_depth,
         "settings": job.settings,
         **result.record,
+        # every JPEG quality used: the degradation's (above) and the file's encoding
+        "blurred_jpeg_quality": JPEG_QUALITY if blurred_format == "JPEG" else None,
     }
+
+
+def _unchanged(job: _Job) -> bool:
+    """The sharp image is the source as it is: no resize or crop, no EXIF rotation."""
+    return job.geometry.identity and _orientation(job.source) == 1
+
+
+def _sharp_rel(job: _Job) -> str:
+    """Where the sharp copy goes: the blurred image's name, but never a re-encoded JPEG.
+
+    An unchanged source in the same format is copied as is; a JPEG that must be re-encoded
+    (cropped, resized, rotated, or converted from another format) is written as PNG.
+    """
+    source_format = output_format(Path(job.rel))
+    target_format = output_format(Path(job.out_rel))
+    if source_format == target_format and _unchanged(job):
+        return job.rel
+    if target_format == "JPEG":
+        return Path(job.out_rel).with_suffix(".png").as_posix()
+    return job.out_rel
 
 
 def _write(path: Path, image: ImageData) -> None:
     """Encode and rename into place. No fsync per file: it cost more than the encoding on
     the disks measured, and renaming already keeps a killed run from leaving a torn file."""
-    data = encode_image(image, output_format(path), png_compress_level=PNG_COMPRESS_LEVEL)
+    data = encode_image(
+        image,
+        output_format(path),
+        jpeg_quality=JPEG_QUALITY,
+        png_compress_level=PNG_COMPRESS_LEVEL,
+        webp_lossless=True,
+    )
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 

@@ -36,6 +36,7 @@ from deblurcli.evaluation.baselines import (
 from deblurcli.imageio import read_image, to_tensor_layout
 from deblurcli.inference import pick_device, restore_tensor
 from deblurcli.inference.device import PRECISIONS
+from deblurcli.inference.engine import check_tiling
 from deblurcli.metrics import psnr, ssim
 from deblurcli.metrics.ssim import window_size
 from deblurcli.weights import default_model_name, list_pretrained, load_model
@@ -182,6 +183,9 @@ def _model_label(value: str | nn.Module | None) -> str:
 def _model_candidate(
     model: nn.Module, key: str, label: str, options: EvalOptions, device: torch.device
 ) -> Candidate:
+    warning = check_tiling(model, options.tile, options.tile_overlap)  # as restore does
+    if warning:
+        log.warning("%s", warning)
     settings = {
         "tile": options.tile,
         "tile_overlap": options.tile_overlap,

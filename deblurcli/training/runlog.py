@@ -10,7 +10,7 @@ from typing import Any
 
 from deblurcli.imageio import atomic_path, atomic_write_bytes
 
-COLUMNS = ("step", "kind", "lr", "loss", "terms", "psnr", "patches_per_s")
+COLUMNS = ("step", "kind", "lr", "loss", "terms", "psnr", "patches_per_s", "blurry_psnr")
 
 
 class MetricsLog:
@@ -45,8 +45,9 @@ class MetricsLog:
         writer.writerows(self.rows)
         atomic_write_bytes(self.path, buf.getvalue().encode())
 
-    def plot(self) -> Path | None:
-        """Loss and validation PSNR curves (matplotlib Agg, no display needed)."""
+    def plot(self, title: str = "training curves") -> Path | None:
+        """Loss and validation PSNR curves, with the blurry input's PSNR on the same
+        validation pairs as a dashed line (matplotlib Agg, no display needed)."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -58,18 +59,35 @@ class MetricsLog:
             for r in self.rows
             if r["kind"] == "val" and r.get("psnr") and math.isfinite(float(r["psnr"]))
         ]
+        blurry = [
+            float(r["blurry_psnr"])
+            for r in self.rows
+            if r["kind"] == "val" and r.get("blurry_psnr")
+        ]
+        blurry = [v for v in blurry if math.isfinite(v)]
         if not train:
             return None
         fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue")
+        lines = ax.plot(*zip(*train, strict=True), label="train loss", color="tab:blue")
         ax.set_xlabel("step")
-        ax.set_ylabel("loss")
+        ax.set_ylabel("train loss" + (" (log scale)" if all(v > 0 for _, v in train) else ""))
         if all(v > 0 for _, v in train):
             ax.set_yscale("log")
         if val:
             ax2 = ax.twinx()
-            ax2.plot(*zip(*val, strict=True), "o-", color="tab:orange", label="val PSNR")
-            ax2.set_ylabel("val PSNR (dB)")
+            lines += ax2.plot(*zip(*val, strict=True), "o-", color="tab:orange", label="val PSNR")
+            if blurry:
+                lines.append(
+                    ax2.axhline(
+                        blurry[-1],
+                        color="tab:gray",
+                        linestyle="--",
+                        label=f"blurry input ({blurry[-1]:.2f} dB)",
+                    )
+                )
+            ax2.set_ylabel("validation PSNR (dB)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(lines, [line.get_label() for line in lines], loc="best", fontsize=8)
         fig.tight_layout()
         out = self.path.with_name("curves.png")
         with atomic_path(out) as tmp:

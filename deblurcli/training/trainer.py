@@ -128,6 +128,7 @@ class TrainResult:
     patches_per_s: float
     problems: list[str] = field(default_factory=list)
     new_steps: int = 0  # steps taken by this call (0: a resumed run was already complete)
+    blurry_psnr: float | None = None  # the blurry inputs' PSNR on the same validation pairs
     arch: str = ""
     init: dict[str, Any] | None = None  # the lineage of a warm-started run
 
@@ -259,16 +260,18 @@ class Trainer:
                 f"(try {nearest})"
             )
         self.problems: list[str] = []
+        # Data first: a bad --data is reported before any warning about the losses (VGG).
+        self._setup_data()
         self._setup_losses()
         self._setup_optim()
         if self.dist.enabled:  # but different dropout/GP noise per rank
             torch.manual_seed(config.seed + 7919 * self.dist.rank)
-        self._setup_data()
         self.step = 0
         self.rate = 0.0
         self.last_terms: dict[str, float] = {}
         self._val_pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.best_psnr: float | None = None
+        self.blurry_psnr: float | None = None
         if self.state is not None:
             self._restore(self.state)
         self.metrics = MetricsLog(self.run_dir, self.step if self.state is not None else None)
@@ -654,15 +657,21 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> float | None:
-        """Mean PSNR (dB) of the model on the validation crops, in fp32."""
+        """Mean PSNR (dB) of the model on the validation crops, in fp32.
+
+        Also sets ``blurry_psnr``, the blurry inputs' mean PSNR on the same crops.
+        """
         if self.val_set is None:
             return None
         self.model.eval()
-        values = []
+        values, inputs = [], []
         for blurred, sharp in self._validation_pairs():
             out = self.model(blurred.to(self.device)).float().clamp(0, 1)
             values.append(psnr(out.cpu(), sharp).clamp(max=100.0))
+            inputs.append(psnr(blurred.float().clamp(0, 1), sharp).clamp(max=100.0))
         self.model.train()
+        if inputs:
+            self.blurry_psnr = float(torch.cat(inputs).mean())
         return float(torch.cat(values).mean()) if values else None
 
     # ---------------------------------------------------------------- loop
@@ -731,7 +740,7 @@ class Trainer:
             if self.last_terms and self.step % self.cfg.log_every:
                 self._log_train(self.last_terms, self.rate)
             self.metrics.flush()
-            self.metrics.plot()
+            self.metrics.plot(title=f"deblur train --arch {self.cfg.arch}: {self.run_dir}")
         dd.barrier(self.dist)
         return TrainResult(
             run_dir=self.run_dir,
@@ -746,6 +755,7 @@ class Trainer:
             patches_per_s=self.rate,
             problems=sorted(set(self.problems)),
             new_steps=self.step - self._start_step,
+            blurry_psnr=self.blurry_psnr,
             arch=self.cfg.arch,
             init=self.lineage,
         )
@@ -780,7 +790,7 @@ class Trainer:
         value = self.validate()
         if value is None:
             return
-        self.metrics.add(self.step, "val", psnr=value)
+        self.metrics.add(self.step, "val", psnr=value, blurry_psnr=self.blurry_psnr)
         if self.best_psnr is None or value > self.best_psnr:
             self.best_psnr = value
             self._export()
