@@ -435,3 +435,27 @@ def test_train_warns_about_vgg_only_after_the_arguments_are_good(tmp_path, caplo
     assert result.exit_code == 2
     assert "VGG" not in result.output and result.stderr.count("\n") == 1
     assert not [r for r in caplog.records if "VGG" in r.getMessage()]
+
+
+def test_restore_progress_bar_shows_eta_and_mp_per_second(tmp_path, ckpt):
+    import io
+
+    from rich.console import Console
+
+    from deblurcli.cli import restore as restore_cli
+    from deblurcli.inference.batch import restore
+
+    for i in range(3):
+        _save(tmp_path / "in" / f"{i}.png", natural_image(64, 64, seed=i))
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    progress = restore_cli._progress_bar(console, enabled=True)
+    reporter = restore_cli._RichReporter(progress)
+    with progress:
+        summary = restore([tmp_path / "in"], ckpt, tmp_path / "out", reporter=reporter)
+        task = progress.tasks[reporter.images]
+        assert task.completed == 3 and task.fields["rate"].endswith(" MP/s")
+        progress.refresh()
+    assert reporter.megapixels == pytest.approx(summary.megapixels) == 3 * 64 * 64 / 1e6
+    text = screen.getvalue()
+    assert "eta" in text and "MP/s" in text and "3/3" in text

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -55,6 +56,22 @@ class _RichReporter(Reporter):
         elapsed = time.perf_counter() - self.started
         rate = f"{self.megapixels / elapsed:.2f} MP/s" if self.megapixels and elapsed > 0 else ""
         self.progress.update(self.images, advance=1, rate=rate)
+
+
+def _progress_bar(console: Console, enabled: bool) -> Progress:
+    """Images done, elapsed and remaining time, and the MP/s of the finished images."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[rate]}"),
+        console=console,
+        disable=not enabled,
+        transient=True,
+    )
 
 
 def _print_summary(summary: RestoreSummary) -> None:
@@ -143,18 +160,7 @@ def restore(
         device=device, precision=precision, batch_size=batch_size, max_pixels=max_pixels,
         arch=arch, kernel=kernel,
     )  # fmt: skip
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[rate]}"),
-        console=err_console,
-        disable=as_json or not is_tty(),
-        transient=True,
-    )
+    progress = _progress_bar(err_console, enabled=not as_json and is_tty())
     with progress:
         summary = restore_files(inputs, model, output, reporter=_RichReporter(progress), **options)
     if as_json:
