@@ -417,6 +417,7 @@ def test_train_summary_and_curves_compare_with_the_blurry_input(tmp_path, monkey
     blurry = np.mean([float(psnr(pixels("blurred", i), pixels("sharp", i))) for i in range(4)])
     summary = json.loads(runner.invoke(app, [*args, "--resume", "--steps", "6", "--json"]).stdout)
     assert summary["blurry_psnr"] == pytest.approx(blurry, abs=1e-4)
+    assert summary["skipped"] == []  # the shape every command's JSON uses
     assert f"(blurry input {summary['blurry_psnr']:.2f} dB on the same pairs)" in result.stdout
     ax = figures[0].axes[0]
     assert ax.get_title() and ax.get_xlabel() == "step" and ax.get_ylabel()
