@@ -39,13 +39,13 @@ def _kernel(kind: str, i: int) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
-def make_dataset(root: Path, n: int = 6) -> Path:
+def make_dataset(root: Path, n: int = 6, size: tuple[int, int] = SIZE) -> Path:
     """A ``deblur blur`` layout: sharp/, blurred/, kernels/*.npy and manifest.jsonl."""
     records = []
     for i in range(n):
         kind = "gaussian" if i % 2 == 0 else "motion"
         rel = f"{kind}/img{i}.png"
-        sharp = natural_image(*SIZE, seed=i)
+        sharp = natural_image(*size, seed=i)
         kernel = _kernel(kind, i)
         blurred = np.stack([convolve(sharp[..., c], kernel, mode="reflect") for c in range(3)], -1)
         write_image(root / "sharp" / rel, ImageData(sharp))
@@ -277,18 +277,19 @@ def test_model_all_scores_every_available_pretrained_model(
     assert "no pretrained weights" in result.stderr
 
 
-def test_tile_and_device_options_reach_the_restore_engine(dataset: Path, tmp_path: Path) -> None:
+def test_tile_and_device_options_reach_the_restore_engine(tmp_path: Path) -> None:
+    dataset = make_dataset(tmp_path / "pairs", n=2, size=(101, 130))  # 4 tiles of 64
     ckpt = random_checkpoint(tmp_path / "rand.safetensors")  # simplecnn: no norm layers
     base = ["-m", str(ckpt), "--data", str(dataset), "--device", "cpu"]
     code, whole, _ = run_json(*base, "--tile", "0")
     assert code == 0 and whole["settings"]["tile"] == 0 and whole["settings"]["device"] == "cpu"
-    code, tiled, _ = run_json(*base, "--tile", "24", "--tile-overlap", "8")
-    assert code == 0 and tiled["settings"]["tile"] == 24
+    code, tiled, _ = run_json(*base, "--tile", "64", "--tile-overlap", "8")
+    assert code == 0 and tiled["settings"]["tile"] == 64
     w, t = whole["rows"][1], tiled["rows"][1]
     assert t["psnr"] == pytest.approx(w["psnr"], abs=0.05) and t["ssim"] == pytest.approx(
         w["ssim"], abs=1e-3
     )
-    for bad in (["--tile", "big"], ["--device", "tpu9"]):
+    for bad in (["--tile", "big"], ["--tile", "24"], ["--device", "tpu9"]):
         result = runner.invoke(app, ["eval", *base[:4], *bad])
         assert result.exit_code != 0 and "Traceback" not in result.output
         assert len(result.stderr.strip().splitlines()) == 1
