@@ -127,6 +127,13 @@ def evaluate(
     ),
     sample: int = typer.Option(4, "--sample", min=0, help="Pairs shown in the report grid."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Score the first N pairs."),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        help="CPU threads for the models.",
+        show_default="one per physical core",
+    ),  # fmt: skip
     as_json: bool = typer.Option(False, "--json", help="Print the JSON summary, no table."),
 ) -> None:
     """Score models on sharp/blurred pairs with PSNR and SSIM, against the blurry input.
@@ -150,6 +157,7 @@ def evaluate(
         limit=limit,
         sample=sample,
         arch=arch,
+        threads=threads,
     )
     if report is not None:  # fail before a long scoring run, not after it
         from deblurcli.evaluation.report import prepare_report_dir

@@ -133,6 +133,9 @@ def restore(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("auto", help="auto, fp32, fp16 or bf16 (half only if safe)."),
     batch_size: int = typer.Option(1, min=1, help="Tiles per forward pass."),
+    threads: int | None = typer.Option(
+        None, min=1, help="CPU threads for the model.", show_default="one per physical core"
+    ),
     side_by_side: bool = typer.Option(
         False, "--side-by-side", help="Write input and result side by side."
     ),
@@ -159,6 +162,7 @@ def restore(
         side_by_side=side_by_side, tile=parse_tile(tile), tile_overlap=tile_overlap,
         device=device, precision=precision, batch_size=batch_size, max_pixels=max_pixels,
         arch=arch, kernel=kernel,
+        threads=threads,
     )  # fmt: skip
     progress = _progress_bar(err_console, enabled=not as_json and is_tty())
     with progress:

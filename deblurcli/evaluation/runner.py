@@ -35,7 +35,7 @@ from deblurcli.evaluation.baselines import (
 )
 from deblurcli.imageio import read_image, to_tensor_layout
 from deblurcli.inference import pick_device, restore_tensor
-from deblurcli.inference.device import PRECISIONS
+from deblurcli.inference.device import PRECISIONS, set_threads
 from deblurcli.inference.engine import check_tiling
 from deblurcli.metrics import psnr, ssim
 from deblurcli.metrics.ssim import window_size
@@ -59,6 +59,7 @@ class EvalOptions:
     limit: int | None = None
     sample: int = 4  # pairs whose pictures are kept for the report grid
     arch: str | None = None  # architecture of checkpoints that do not name theirs (.pth)
+    threads: int | None = None  # torch CPU threads; None: one per physical core
 
 
 @dataclass
@@ -388,6 +389,7 @@ def evaluate(
         raise UsageError("--crop-border must be >= 0")
     if options.precision.lower() not in PRECISIONS:  # checked even when only baselines run
         raise UsageError(f"unknown precision {options.precision!r}; use {', '.join(PRECISIONS)}")
+    set_threads(options.threads)
     scan: PairScan = find_pairs(data, sharp=sharp, blurred=blurred)
     pairs = scan.pairs[: options.limit] if options.limit else scan.pairs
     device = pick_device(options.device or "auto")

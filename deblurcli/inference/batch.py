@@ -42,7 +42,7 @@ from deblurcli.inference.classical import (
     create_classical,
     load_kernel_file,
 )
-from deblurcli.inference.device import pick_device, resolve_precision
+from deblurcli.inference.device import pick_device, resolve_precision, set_threads
 from deblurcli.inference.distributed import rank_and_world, shard
 from deblurcli.inference.engine import check_tiling, restore_tensor
 from deblurcli.inference.onnx import OnnxModel, is_onnx_path
@@ -352,6 +352,7 @@ def restore(
     max_pixels: int | None = None,
     arch: str | None = None,
     kernel: str | os.PathLike[str] | np.ndarray | None = None,
+    threads: int | None = None,
     reporter: Reporter | None = None,
 ) -> RestoreSummary:
     """Deblur every image named by ``inputs`` and write the results; never raises per file.
@@ -361,9 +362,12 @@ def restore(
     ``arch`` names the architecture of a checkpoint that does not (a ``.pth`` file);
     ``model="unsharp"``, ``"wiener"`` or ``"richardson-lucy"`` runs a classical method (the
     last two need ``kernel``, the blur kernel as an array or a ``.npy`` file).
+    ``threads``: torch CPU threads (default: one per physical core, see
+    :func:`~deblurcli.inference.device.default_threads`).
     """
     if isinstance(inputs, str | os.PathLike):
         inputs = [inputs]
+    set_threads(threads)
     if max_pixels is not None:
         if max_pixels < 0:
             raise UsageError(f"--max-pixels must be >= 0 (0 = no limit), got {max_pixels}")

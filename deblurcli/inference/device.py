@@ -1,12 +1,17 @@
-"""Device choice and the half-precision policy.
+"""Device choice, CPU threads and the half-precision policy.
 
 * ``auto`` device: CUDA when available, else Apple MPS, else the CPU. Under ``torchrun`` each
   process takes ``cuda:$LOCAL_RANK``.
-* ``auto`` precision: fp16 (else bf16) on CUDA only where the architecture's spec says it is
-  safe; fp32 everywhere else. Half on the CPU only when asked for explicitly, and if the CPU
-  kernels lack it (the Real-ESRGAN "slow_conv2d_cpu not implemented for 'Half'" error) the
-  engine falls back to fp32. Non-finite output in half precision (the black-image NaN bug) is
-  detected by the engine and the tile is redone in fp32.
+* ``auto`` precision: fp16 (else bf16) on CUDA where the architecture's spec says it is safe.
+  On a CPU with native bf16 (AVX512-BF16 or AMX, as torch reports it) bf16 autocast with
+  channels_last, 3-6x faster, for a model whose spec says bf16 is safe *and* whose manifest
+  entry records ``cpu_bf16 = true`` (its benchmark PSNR moved by at most 0.05 dB against
+  fp32); fp32 everywhere else (MPS, older CPUs, checkpoints without such a record).
+* fp16 on the CPU is refused: its kernels are emulated and ~200x slower than fp32.
+  Non-finite output in half precision (the black-image NaN bug) is detected by the engine and
+  the tile is redone in fp32.
+* Threads: one per physical core this process may run on (hyperthreads only add contention
+  to the convolution kernels), shared out between the processes of a ``torchrun`` job.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,6 +28,55 @@ from deblurcli.errors import UsageError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+CPU_BF16_ATTR = "cpu_bf16"  # set on a model by the weights loader from its manifest entry
+_CPU_TOPOLOGY = Path("/sys/devices/system/cpu")
+
+
+def cpu_bf16_native() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX tiles), per torch.
+
+    oneDNN's own ``_is_mkldnn_bf16_supported`` is not enough: it is also true on plain AVX-512
+    CPUs, where bf16 is emulated and no faster than fp32.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    try:
+        native = any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+        return native and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def physical_cores(topology: Path = _CPU_TOPOLOGY) -> int:
+    """Physical cores among the CPUs this process may run on (hyperthread siblings count once)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not cpus:
+        return max(os.cpu_count() or 1, 1)
+    cores = set()
+    for cpu in cpus:
+        base = topology / f"cpu{cpu}" / "topology"
+        try:
+            package = (base / "physical_package_id").read_text().strip()
+            core = (base / "core_id").read_text().strip()
+        except OSError:
+            return len(cpus)  # no sysfs topology (a container, another OS): count CPUs
+        cores.add((package, core))
+    return len(cores)
+
+
+def default_threads() -> int:
+    """Threads for one process: the physical cores, shared among local ``torchrun`` ranks."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(physical_cores() // max(local_world, 1), 1)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op threads (None = :func:`default_threads`); returns the count set."""
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, not {threads}")
+    count = threads or default_threads()
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count
 
 
 def _mps_available() -> bool:
@@ -65,6 +120,20 @@ def _spec_flags(model: nn.Module) -> tuple[bool, bool] | None:
     return None if spec is None else (spec.fp16_safe, spec.bf16_safe)
 
 
+def _auto_dtype(device: torch.device, model: nn.Module) -> torch.dtype | None:
+    flags = _spec_flags(model)
+    if flags is None:
+        return None
+    if device.type == "cuda":
+        if flags[0]:
+            return torch.float16
+        return torch.bfloat16 if flags[1] and torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        checked = getattr(model, CPU_BF16_ATTR, None) is True  # no record: fp32
+        return torch.bfloat16 if flags[1] and checked and cpu_bf16_native() else None
+    return None  # MPS: no measurements to go on
+
+
 def resolve_precision(value: str, device: torch.device, model: nn.Module) -> torch.dtype | None:
     """The autocast dtype to run ``model`` with on ``device`` (None = fp32)."""
     value = (value or "auto").lower()
@@ -72,17 +141,23 @@ def resolve_precision(value: str, device: torch.device, model: nn.Module) -> tor
         raise UsageError(f"unknown precision {value!r}; use {', '.join(PRECISIONS)}")
     if value == "fp32":
         return None
-    flags = _spec_flags(model)
     if value == "auto":
-        if device.type != "cuda" or flags is None:
-            return None  # never half on CPU/MPS unless asked
-        if flags[0]:
-            return torch.float16
-        return torch.bfloat16 if flags[1] and torch.cuda.is_bf16_supported() else None
+        return _auto_dtype(device, model)
+    if value == "fp16" and device.type == "cpu":
+        raise UsageError(
+            "--precision fp16 is not supported on the CPU (emulated, ~200x slower than fp32); "
+            "use auto, bf16 or fp32"
+        )
+    flags = _spec_flags(model)
     if flags is not None and not flags[0 if value == "fp16" else 1]:
         name = getattr(model, "arch_name", "this model")
         raise UsageError(f"{value} is not safe for {name} (its spec says so); use fp32 or auto")
     return _DTYPES[value]
+
+
+def channels_last(device: torch.device, dtype: torch.dtype | None) -> bool:
+    """Whether to run in channels_last: on CUDA, and for bf16 on the CPU (oneDNN's fast path)."""
+    return device.type == "cuda" or (device.type == "cpu" and dtype is torch.bfloat16)
 
 
 @contextlib.contextmanager

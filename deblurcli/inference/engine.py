@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from deblurcli.errors import DeviceMemoryError, UsageError
-from deblurcli.inference.device import autocast, pick_device, resolve_precision
+from deblurcli.inference.device import autocast, channels_last, pick_device, resolve_precision
 from deblurcli.inference.norm_stats import InstanceNormStats, StopForward
 from deblurcli.inference.tiling import (
     MIN_TILE,
@@ -41,7 +41,9 @@ class _Runner:
 
     def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype | None):
         self.model, self.device, self.dtype = model, device, dtype
-        self.channels_last = device.type == "cuda"
+        self.channels_last = channels_last(device, dtype)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device, non_blocking=True)
@@ -128,8 +130,6 @@ def restore_tensor(
     """
     dev = device if isinstance(device, torch.device) else pick_device(device or "auto")
     model.eval().to(dev)
-    if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
     runner = _Runner(model, dev, resolve_precision(precision, dev, model))
     single = image.dim() == 3
     batch = image[None] if single else image

@@ -32,6 +32,7 @@ import torch
 
 from deblurcli.archs import get_spec
 from deblurcli.errors import UsageError
+from deblurcli.inference.device import cpu_bf16_native
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _CPU_BF16_FASTER = frozenset(
@@ -48,13 +49,6 @@ class Precision:
     dtype: torch.dtype | None
     scaler: bool
     channels_last: bool
-
-
-def _cpu_bf16_native() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def resolve(arch: str, device: torch.device, value: str = "auto") -> Precision:
@@ -75,7 +69,7 @@ def resolve(arch: str, device: torch.device, value: str = "auto") -> Precision:
     if value == "fp16":
         raise UsageError("--precision fp16 needs CUDA; on the CPU use bf16 or fp32")
     if value == "auto":
-        fast = arch in _CPU_BF16_FASTER and spec.bf16_safe and _cpu_bf16_native()
+        fast = arch in _CPU_BF16_FASTER and spec.bf16_safe and cpu_bf16_native()
         value = "bf16" if fast else "fp32"
     if value == "bf16":
         return Precision("bf16", torch.bfloat16, False, channels_last=True)

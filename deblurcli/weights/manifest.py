@@ -50,7 +50,11 @@ _OPTIONAL = {
     "revision": str,
     "shipped": bool,
     "description": str,
+    "cpu_bf16": bool,
+    "cpu_bf16_psnr_delta": (int, float),
 }
+# bf16 on the CPU must move the benchmark PSNR by at most this much against fp32 (issue 15).
+CPU_BF16_MAX_DB = 0.05
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "name": str,
     "arch": str,
@@ -88,6 +92,8 @@ class PretrainedEntry:
     revision: str | None = None
     shipped: bool = False
     description: str = ""
+    cpu_bf16: bool | None = None  # None: never measured, so fp32 on the CPU
+    cpu_bf16_psnr_delta: float | None = None  # benchmark PSNR, bf16 minus fp32 (dB)
 
     @property
     def tag(self) -> str:
@@ -132,8 +138,21 @@ def _check_types(where: str, raw: dict[str, Any]) -> None:
             raise _fail(where, f"missing required key '{key}'")
     for key, value in raw.items():
         expected = _TYPES[key]
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise _fail(where, f"'{key}' must be a {getattr(expected, '__name__', expected)}")
+        is_int = expected is int or expected == (int, float)
+        if not isinstance(value, expected) or (is_int and isinstance(value, bool)):
+            kind = "number" if expected == (int, float) else expected.__name__  # type: ignore[union-attr]
+            raise _fail(where, f"'{key}' must be a {kind}")
+
+
+def _check_cpu_bf16(where: str, raw: dict[str, Any]) -> None:
+    """``cpu_bf16 = true`` only with a measured PSNR change within :data:`CPU_BF16_MAX_DB`."""
+    delta = raw.get("cpu_bf16_psnr_delta")
+    if raw.get("cpu_bf16") and (delta is None or abs(delta) > CPU_BF16_MAX_DB):
+        raise _fail(
+            where,
+            f"cpu_bf16 = true needs cpu_bf16_psnr_delta within ±{CPU_BF16_MAX_DB} dB "
+            "(the benchmark PSNR change of bf16 against fp32)",
+        )
 
 
 def _check_name(where: str, name: str, arch: str) -> None:
@@ -173,6 +192,7 @@ def _parse_entry(where: str, raw: dict[str, Any], package_dir: Path) -> Pretrain
     if raw["size"] <= 0:
         raise _fail(where, "size must be a positive number of bytes")
     _check_publishing(where, raw)
+    _check_cpu_bf16(where, raw)
     try:
         resolve_config(raw["arch"], **raw.get("config", {}))
     except DeblurError as exc:
@@ -181,10 +201,15 @@ def _parse_entry(where: str, raw: dict[str, Any], package_dir: Path) -> Pretrain
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values()):
         raise _fail(where, "scores must map metric names to numbers")
     return PretrainedEntry(
-        **{k: v for k, v in raw.items() if k != "scores"},
+        **{k: v for k, v in raw.items() if k not in {"scores", "cpu_bf16_psnr_delta"}},
         scores={k: float(v) for k, v in scores.items()},
+        cpu_bf16_psnr_delta=_float_or_none(raw.get("cpu_bf16_psnr_delta")),
         package_dir=package_dir,
     )
+
+
+def _float_or_none(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _check_defaults(where: str, entries: list[PretrainedEntry], default: str | None) -> None:

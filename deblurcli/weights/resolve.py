@@ -223,6 +223,9 @@ def _load(
     model = load_checkpoint(path, arch=arch, config=config)
     if entry is not None:
         _check_matches_entry(path, model, entry)
+        # The manifest's verdict on these weights in CPU bf16; the precision policy
+        # (deblurcli.inference.device.CPU_BF16_ATTR) runs a model without one in fp32.
+        model.cpu_bf16 = entry.cpu_bf16
     return model
 
 

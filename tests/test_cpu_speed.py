@@ -1,0 +1,244 @@
+"""CPU inference speed settings: native-bf16 detection, the auto precision policy, fp16 on the
+CPU, and the thread count (issue 15)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from deblurcli.archs import create, get_spec
+from deblurcli.cli import app
+from deblurcli.errors import ManifestError, UsageError
+from deblurcli.inference import device as dev_mod
+from deblurcli.inference import resolve_precision, restore_tensor
+from deblurcli.weights import list_pretrained, load_manifest, load_model, save_checkpoint
+from tests._weights_helpers import entry_for, tiny_checkpoint, write_manifest
+from tests.conftest import natural_image
+
+CPU = torch.device("cpu")
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _tiny(arch: str = "simplecnn", cpu_bf16: bool | None = None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create(arch, **get_spec(arch).tiny_config).eval()
+    if cpu_bf16 is not None:
+        model.cpu_bf16 = cpu_bf16
+    return model
+
+
+def _u8(h: int, w: int) -> np.ndarray:
+    return np.rint(natural_image(h, w) * 255).astype(np.uint8)
+
+
+def _cpu_flags() -> set[str]:
+    text = Path("/proc/cpuinfo").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith(("flags", "Features")))
+    return set(line.split(":", 1)[1].split())
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="needs Linux /proc/cpuinfo")
+def test_native_bf16_probe_agrees_with_the_cpu_flags():
+    """torch's answer on this machine matches what the kernel says the CPU can do."""
+    native = bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    assert dev_mod.cpu_bf16_native() == native
+
+
+@pytest.mark.parametrize(
+    ("native", "record", "expected"),
+    [
+        (True, True, torch.bfloat16),  # CPU can, manifest says safe
+        (True, False, None),  # measured and failed the 0.05 dB check
+        (True, None, None),  # never measured (e.g. a user's own checkpoint)
+        (False, True, None),  # CPU without native bf16
+    ],
+)
+def test_auto_picks_bf16_only_on_native_cpu_for_a_checked_model(
+    monkeypatch, native, record, expected
+):
+    monkeypatch.setattr(dev_mod, "cpu_bf16_native", lambda: native)
+    assert resolve_precision("auto", CPU, _tiny(cpu_bf16=record)) is expected
+    assert dev_mod.channels_last(CPU, expected) is (expected is torch.bfloat16)
+
+
+def test_auto_stays_fp32_when_the_spec_says_bf16_is_unsafe(monkeypatch):
+    monkeypatch.setattr(dev_mod, "cpu_bf16_native", lambda: True)
+    model = _tiny(cpu_bf16=True)
+    monkeypatch.setattr(model, "arch_spec", get_spec("simplecnn").__class__(
+        **{**get_spec("simplecnn").__dict__, "bf16_safe": False}
+    ))  # fmt: skip
+    assert resolve_precision("auto", CPU, model) is None
+    assert resolve_precision("auto", torch.device("mps"), _tiny(cpu_bf16=True)) is None
+
+
+def test_fp16_on_the_cpu_is_refused_in_one_line():
+    with pytest.raises(UsageError, match="fp16 is not supported on the CPU"):
+        resolve_precision("fp16", CPU, _tiny())
+
+
+@pytest.mark.skipif(not dev_mod.cpu_bf16_native(), reason="CPU without native bf16")
+def test_checked_model_really_runs_bf16_channels_last_on_this_cpu():
+    model = _tiny("edgenet", cpu_bf16=True)
+    seen: list[tuple[torch.dtype, bool]] = []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(
+        lambda _m, args, out: seen.append(
+            (out.dtype, args[0].is_contiguous(memory_format=torch.channels_last))
+        )
+    )
+    x = torch.from_numpy(natural_image(64, 80)).permute(2, 0, 1).contiguous()
+    fast = restore_tensor(model, x, tile=0, device="cpu", precision="auto")
+    assert seen[-1] == (torch.bfloat16, True)
+    exact = restore_tensor(model, x, tile=0, device="cpu", precision="fp32")
+    assert seen[-1][0] == torch.float32
+    assert fast.dtype == torch.float32 and float((fast - exact).abs().mean()) < 2 / 255
+
+
+def _manifest_entry(tmp_path: Path, **extra) -> Path:
+    _, data = tiny_checkpoint(tmp_path / "simplecnn.safetensors")
+    entry = entry_for("simplecnn", data, "simplecnn.safetensors", shipped=True, **extra)
+    return write_manifest(tmp_path / "m.toml", [entry])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"cpu_bf16": True}, "needs cpu_bf16_psnr_delta within"),
+        ({"cpu_bf16": True, "cpu_bf16_psnr_delta": -0.08}, "needs cpu_bf16_psnr_delta within"),
+        ({"cpu_bf16": "yes"}, "'cpu_bf16' must be a bool"),
+        ({"cpu_bf16": False, "cpu_bf16_psnr_delta": True}, "must be a number"),
+    ],
+)
+def test_cpu_bf16_record_is_validated(tmp_path, extra, message):
+    with pytest.raises(ManifestError, match=message):
+        load_manifest(_manifest_entry(tmp_path, **extra))
+
+
+def test_loaded_model_carries_its_manifest_verdict(tmp_path, monkeypatch):
+    path = _manifest_entry(tmp_path, cpu_bf16=True, cpu_bf16_psnr_delta=-0.01)
+    monkeypatch.setenv("DEBLURCLI_MANIFEST", str(path))
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "simplecnn.safetensors").rename(tmp_path / "pretrained" / "simplecnn.safetensors")
+    (entry,) = load_manifest(path).entries
+    assert entry.cpu_bf16 is True and entry.cpu_bf16_psnr_delta == -0.01
+    model = load_model("simplecnn")
+    assert model.cpu_bf16 is True
+    monkeypatch.setattr(dev_mod, "cpu_bf16_native", lambda: True)
+    assert resolve_precision("auto", CPU, model) is torch.bfloat16
+    # The same file loaded by path has no record, so it stays fp32.
+    plain = load_model(tmp_path / "pretrained" / "simplecnn.safetensors")
+    assert resolve_precision("auto", CPU, plain) is None
+
+
+def test_every_shipped_model_has_a_measured_verdict():
+    for entry in list_pretrained():
+        if entry.shipped:
+            assert entry.cpu_bf16 is not None and entry.cpu_bf16_psnr_delta is not None
+            assert entry.cpu_bf16 == (abs(entry.cpu_bf16_psnr_delta) <= 0.05)
+
+
+def _fake_topology(root: Path, cores: list[tuple[int, int]]) -> Path:
+    for cpu, core in enumerate(cores):
+        base = root / f"cpu{cpu}" / "topology"
+        base.mkdir(parents=True)
+        (base / "physical_package_id").write_text("0\n")
+        (base / "core_id").write_text(f"{core}\n")
+    return root
+
+
+def test_physical_cores_counts_hyperthread_siblings_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(dev_mod.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    smt = _fake_topology(tmp_path / "smt", [0, 1, 0, 1])  # 2 cores × 2 threads
+    assert dev_mod.physical_cores(smt) == 2
+    plain = _fake_topology(tmp_path / "plain", [0, 1, 2, 3])
+    assert dev_mod.physical_cores(plain) == 4
+    assert dev_mod.physical_cores(tmp_path / "missing") == 4  # no sysfs: count the CPUs
+
+
+def test_default_threads_share_cores_among_torchrun_ranks(monkeypatch):
+    monkeypatch.setattr(dev_mod, "physical_cores", lambda: 8)
+    assert dev_mod.default_threads() == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert dev_mod.default_threads() == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert dev_mod.default_threads() == 1
+
+
+@pytest.fixture
+def small_job(tmp_path) -> tuple[Path, Path]:
+    image = tmp_path / "in.png"
+    Image.fromarray(_u8(48, 64)).save(image)
+    ckpt = save_checkpoint(_tiny(), tmp_path / "model.safetensors")
+    return image, ckpt
+
+
+def test_restore_threads_option_sets_torch_threads(small_job, tmp_path, monkeypatch):
+    image, ckpt = small_job
+    args = ["restore", str(image), "-m", str(ckpt), "--device", "cpu", "--json"]
+    torch.set_num_threads(2)
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "a"), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == 1
+    monkeypatch.setattr(dev_mod, "physical_cores", lambda: 3)
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == 3  # default: one per physical core
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "c"), "--threads", "0"])
+    assert result.exit_code == 2 and not (tmp_path / "c").exists()
+
+
+def test_eval_threads_option_sets_torch_threads(tmp_path):
+    sharp = _u8(48, 64)
+    for folder in ("sharp", "blurred"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(sharp).save(tmp_path / folder / "a.png")
+    torch.set_num_threads(2)
+    result = runner.invoke(
+        app,
+        ["eval", "-m", "identity", "--sharp", str(tmp_path / "sharp"),
+         "--blurred", str(tmp_path / "blurred"), "--threads", "1", "--json"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert torch.get_num_threads() == 1
+
+
+def test_fp16_restore_on_the_cpu_is_one_line_and_exit_2(small_job, tmp_path):
+    image, ckpt = small_job
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "deblurcli", "restore", str(image), "-m", str(ckpt),
+           "-o", str(out), "--device", "cpu", "--precision", "fp16"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fp16 is not supported on the CPU" in lines[0]
+    assert "Traceback" not in res.stderr and not list(out.glob("*"))
+
+
+def test_restore_threads_in_a_real_process(small_job, tmp_path):
+    """The count reaches torch in a fresh interpreter too (no state shared with pytest)."""
+    image, ckpt = small_job
+    code = (
+        "import sys, torch; from deblurcli.cli import app\n"
+        "try:\n    app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(torch.get_num_threads())"
+    )
+    args = ["restore", str(image), "-m", str(ckpt), "-o", str(tmp_path / "o"),
+            "--device", "cpu", "--threads", "1", "--json"]  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    summary, threads = res.stdout.strip().splitlines()[-2:]
+    assert json.loads(summary)["done"] and threads == "1", res.stderr
