@@ -10,11 +10,20 @@ compute, its noise-free part), the tiled-vs-whole mean absolute difference in 1/
 and the peak RSS of a full ``python -m deblurcli restore`` of a 6000×4000 JPEG with
 ``--tile auto`` (measured in a child process with ``resource.getrusage``). A CUDA column
 appears when a GPU is present.
+
+Then the CPU table of the shipped models (issue 15): each pretrained model restores a
+1920×1080 photo in four configurations, fp32 vs ``--precision auto`` (bf16 + channels_last
+where the CPU has native bf16 and the manifest records the model as checked), whole vs tiled
+(``--shipped-tile``, default 512), each in a fresh child process so its peak RSS
+(``ru_maxrss``) is that configuration's alone. It prints MP/s (median of ``--repeats`` timed
+restores after the model is loaded), the auto/fp32 speed-up, the mean output change of auto
+against fp32 in 1/255 units, and the peak RSS. ``--only shipped`` prints just this table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
 import subprocess
@@ -30,8 +39,12 @@ from skimage import data, transform
 
 from deblurcli.archs import create, get_spec, list_archs
 from deblurcli.inference import restore_tensor
+from deblurcli.inference.device import default_threads, resolve_precision
+from deblurcli.inference.fold import fold_batchnorm
 from deblurcli.inference.tiling import plan_tiles, size_multiple
-from deblurcli.weights import save_checkpoint
+from deblurcli.weights import list_pretrained, load_model, save_checkpoint
+
+_CONFIGS = (("fp32", "whole"), ("fp32", "tiled"), ("auto", "whole"), ("auto", "tiled"))
 
 
 def _photo(h: int, w: int) -> torch.Tensor:
@@ -67,9 +80,80 @@ def _peak_rss_mb(ckpt: Path, image: Path, out: Path) -> tuple[float, float]:
     return int(kb) / 1024, float(secs)
 
 
+def _child_run(args: argparse.Namespace) -> None:
+    """One configuration in this fresh process: print its timings, peak RSS and output file."""
+    torch.set_num_threads(args.threads)
+    h, w = map(int, args.shipped_size.split("x"))
+    x = _photo(h, w)
+    model = load_model(args.child_model)
+    if args.child_precision == "auto":  # what `deblur restore` runs now; fp32 = as before
+        fold_batchnorm(model)
+    tile = args.shipped_tile if args.child_tile == "tiled" else 0
+    times = []
+    for _ in range(args.repeats_shipped):
+        start = time.perf_counter()
+        out = restore_tensor(model, x, tile=tile, device="cpu", precision=args.child_precision)
+        times.append(time.perf_counter() - start)
+    np.save(args.child_out, out.numpy())
+    dtype = resolve_precision(args.child_precision, torch.device("cpu"), model)
+    print(json.dumps({
+        "seconds": statistics.median(times),
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "dtype": "fp32" if dtype is None else str(dtype).removeprefix("torch."),
+    }))  # fmt: skip
+
+
+def _shipped_table(args: argparse.Namespace) -> None:
+    h, w = map(int, args.shipped_size.split("x"))
+    mp = h * w / 1e6
+    names = args.models.split(",") if args.models else [e.name for e in list_pretrained()]
+    print(
+        f"\nShipped models on the CPU: {w}×{h} photo, {args.threads} threads, tiled = tile "
+        f"{args.shipped_tile}, median of {args.repeats_shipped}, each config a fresh process"
+    )
+    print(f"{'model':<14}{'auto runs':>10}" + "".join(f"{p + ' ' + t:>12}" for p, t in _CONFIGS)
+          + f"{'speed-up':>10}{'Δ/255':>7}" + "".join(f"{'RSS ' + p + ' ' + t:>16}"
+          for p, t in _CONFIGS))  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            results = {}
+            for precision, tiling in _CONFIGS:
+                out = Path(tmp) / f"{precision}-{tiling}.npy"
+                cmd = [sys.executable, __file__, "--child-model", name, "--child-precision",
+                       precision, "--child-tile", tiling, "--child-out", str(out),
+                       "--shipped-size", args.shipped_size, "--shipped-tile",
+                       str(args.shipped_tile), "--repeats-shipped", str(args.repeats_shipped),
+                       "--threads", str(args.threads)]  # fmt: skip
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode != 0:
+                    raise SystemExit(f"{name} {precision} {tiling} failed: {res.stderr[-800:]}")
+                results[precision, tiling] = json.loads(res.stdout.strip().splitlines()[-1])
+            fp32, auto = (
+                np.load(Path(tmp) / "fp32-whole.npy"),
+                np.load(Path(tmp) / "auto-whole.npy"),
+            )
+            change = float(np.abs(auto - fp32).mean()) * 255
+            speedup = results["fp32", "whole"]["seconds"] / results["auto", "whole"]["seconds"]
+            row = f"{name:<14}{results['auto', 'whole']['dtype']:>10}"
+            row += "".join(f"{mp / results[c]['seconds']:>12.3f}" for c in _CONFIGS)
+            row += f"{speedup:>9.2f}×{change:>7.3f}"
+            row += "".join(f"{results[c]['rss_mb']:>14.0f}MB" for c in _CONFIGS)
+            print(row, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small image, one repeat")
+    parser.add_argument("--only", choices=("archs", "shipped"), default=None)
+    parser.add_argument("--models", default=None, help="shipped models to time [all]")
+    parser.add_argument(
+        "--shipped-size", default=None, help="HxW for the shipped table [1080x1920]"
+    )
+    parser.add_argument("--shipped-tile", type=int, default=512)
+    parser.add_argument("--repeats-shipped", type=int, default=None, help="[2; 1 with --quick]")
+    parser.add_argument("--threads", type=int, default=default_threads())
+    for name in ("--child-model", "--child-precision", "--child-tile", "--child-out"):
+        parser.add_argument(name, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--widths", choices=("tiny", "default"), default="tiny")
     parser.add_argument("--size", default=None, help="HxW of the speed image [1024x1536]")
     parser.add_argument("--tile", type=int, default=None, help="tiled-mode tile side [1024]")
@@ -79,8 +163,21 @@ def main() -> None:
     parser.add_argument("--onnx", choices=("yes", "no", "only"), default="yes",
                         help="the onnxruntime-vs-torch table of the shipped models")  # fmt: skip
     args = parser.parse_args()
+    args.shipped_size = args.shipped_size or ("540x960" if args.quick else "1080x1920")
+    args.repeats_shipped = args.repeats_shipped or (1 if args.quick else 2)
+    if args.child_model:
+        return _child_run(args)
     if args.onnx == "only":
         return onnx_vs_torch(args.quick, args.repeats)
+    if args.only != "shipped":
+        _arch_table(args)
+        if args.onnx == "yes":
+            onnx_vs_torch(args.quick, args.repeats)
+    if args.only != "archs":
+        _shipped_table(args)
+
+
+def _arch_table(args: argparse.Namespace) -> None:
     h, w = map(int, (args.size or ("384x512" if args.quick else "1024x1536")).split("x"))
     tile = args.tile or (256 if args.quick else 1024)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -140,8 +237,6 @@ def main() -> None:
             print(row, flush=True)
     base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"(peak RSS of this benchmark process itself: {base_mb:.0f} MB)")
-    if args.onnx == "yes":
-        onnx_vs_torch(args.quick, args.repeats)
 
 
 # ---------------------------------------------------------------- onnxruntime vs torch

@@ -18,7 +18,8 @@ from deblurcli.archs import create, get_spec
 from deblurcli.cli import app
 from deblurcli.errors import ManifestError, UsageError
 from deblurcli.inference import device as dev_mod
-from deblurcli.inference import resolve_precision, restore_tensor
+from deblurcli.inference import resolve_precision, restore, restore_tensor
+from deblurcli.inference.fold import fold_batchnorm
 from deblurcli.weights import list_pretrained, load_manifest, load_model, save_checkpoint
 from tests._weights_helpers import entry_for, tiny_checkpoint, write_manifest
 from tests.conftest import natural_image
@@ -242,3 +243,61 @@ def test_restore_threads_in_a_real_process(small_job, tmp_path):
     res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
     summary, threads = res.stdout.strip().splitlines()[-2:]
     assert json.loads(summary)["done"] and threads == "1", res.stderr
+
+
+def _with_batchnorm_stats(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial running statistics, so a wrong fold would show."""
+    gen = torch.Generator().manual_seed(0)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            for t, lo, hi in ((mod.running_mean, -0.5, 0.5), (mod.running_var, 0.5, 2.0),
+                              (mod.weight, 0.5, 1.5), (mod.bias, -0.2, 0.2)):  # fmt: skip
+                t.data.copy_(torch.rand(t.shape, generator=gen) * (hi - lo) + lo)
+    return model
+
+
+def test_fold_batchnorm_is_exact_and_removes_every_norm():
+    model = _with_batchnorm_stats(_tiny("resnetencdec"))
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    x = torch.from_numpy(natural_image(64, 96)).permute(2, 0, 1)[None].contiguous()
+    with torch.no_grad():
+        before = model(x)
+    assert fold_batchnorm(model) == norms > 0  # Sequentials and the traced ResNet blocks
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, atol=1e-5, rtol=0)
+
+
+def test_fold_batchnorm_leaves_unsafe_pairs_alone():
+    class Shared(torch.nn.Module):  # the conv output also feeds the sum: no fold
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 3, 1), torch.nn.BatchNorm2d(3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y
+
+    model = _with_batchnorm_stats(Shared()).eval()
+    assert fold_batchnorm(model) == 0 and isinstance(model.bn, torch.nn.BatchNorm2d)
+    training = _with_batchnorm_stats(_tiny("resnetencdec")).train()
+    assert fold_batchnorm(training) == 0  # training-mode norms use batch statistics
+
+
+def test_restore_folds_the_model_it_loads_and_output_is_unchanged(tmp_path):
+    model = _with_batchnorm_stats(_tiny("resnetencdec"))
+    ckpt = save_checkpoint(model, tmp_path / "r.safetensors")
+    image = tmp_path / "in.png"
+    Image.fromarray(_u8(64, 96)).save(image)
+    summary = restore(image, ckpt, tmp_path / "out", device="cpu", precision="fp32", tile=0)
+    assert summary.ok
+    x = torch.from_numpy(np.asarray(Image.open(image), np.float32) / 255).permute(2, 0, 1)
+    expected = _u8_tensor(restore_tensor(model, x, tile=0, device="cpu", precision="fp32"))
+    got = np.asarray(Image.open(tmp_path / "out" / "in.png"))
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    restore(image, model, tmp_path / "out2", device="cpu", precision="fp32", tile=0)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # caller's: kept
+
+
+def _u8_tensor(t: torch.Tensor) -> np.ndarray:
+    return np.rint(t.permute(1, 2, 0).numpy() * 255).astype(np.uint8)

@@ -45,6 +45,7 @@ from deblurcli.inference.classical import (
 from deblurcli.inference.device import pick_device, resolve_precision, set_threads
 from deblurcli.inference.distributed import rank_and_world, shard
 from deblurcli.inference.engine import check_tiling, restore_tensor
+from deblurcli.inference.fold import fold_batchnorm
 from deblurcli.inference.onnx import OnnxModel, is_onnx_path
 from deblurcli.locks import output_lock
 
@@ -389,6 +390,8 @@ def restore(
     if not todo:
         return summary
     net = resolve_model(model, arch, kernel)
+    if not isinstance(model, nn.Module) and isinstance(net, nn.Module):
+        fold_batchnorm(net)  # loaded here, so ours to reshape for inference
     summary.model = model_label(model, net)
     warning = check_tiling(net, tile, tile_overlap)  # one usage error, not one per file
     if warning:
