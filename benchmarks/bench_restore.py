@@ -12,12 +12,15 @@ and the peak RSS of a full ``python -m deblurcli restore`` of a 6000×4000 JPEG 
 appears when a GPU is present.
 
 Then the CPU table of the shipped models (issue 15): each pretrained model restores a
-1920×1080 photo in four configurations, fp32 vs ``--precision auto`` (bf16 + channels_last
-where the CPU has native bf16 and the manifest records the model as checked), whole vs tiled
-(``--shipped-tile``, default 512), each in a fresh child process so its peak RSS
-(``ru_maxrss``) is that configuration's alone. It prints MP/s (median of ``--repeats`` timed
-restores after the model is loaded), the auto/fp32 speed-up, the mean output change of auto
-against fp32 in 1/255 units, and the peak RSS. ``--only shipped`` prints just this table.
+1920×1080 photo in four configurations, fp32 as before (contiguous, no folding) vs
+``--precision auto`` as ``deblur restore`` runs it now (BatchNorm folded; bf16 autocast +
+channels_last where the CPU has native bf16 and the manifest records the model as checked),
+whole vs tiled (``--shipped-tile``, default 512). Every restore runs in a fresh child process,
+so its peak RSS (``ru_maxrss``, model load included) is that configuration's alone; the four
+configurations are interleaved ``--repeats-shipped`` times (2 by default) so load swings on a
+shared machine hit them alike. It prints MP/s (medians), the auto/fp32 speed-ups, the mean
+output change of auto against fp32 in 1/255 units, and the peak RSS. ``--only shipped``
+prints just this table, ``--models`` picks models.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ def _peak_rss_mb(ckpt: Path, image: Path, out: Path) -> tuple[float, float]:
 
 
 def _child_run(args: argparse.Namespace) -> None:
-    """One configuration in this fresh process: print its timings, peak RSS and output file."""
+    """One restore of one configuration in this fresh process: its time, peak RSS, output."""
     torch.set_num_threads(args.threads)
     h, w = map(int, args.shipped_size.split("x"))
     x = _photo(h, w)
@@ -89,18 +92,27 @@ def _child_run(args: argparse.Namespace) -> None:
     if args.child_precision == "auto":  # what `deblur restore` runs now; fp32 = as before
         fold_batchnorm(model)
     tile = args.shipped_tile if args.child_tile == "tiled" else 0
-    times = []
-    for _ in range(args.repeats_shipped):
-        start = time.perf_counter()
-        out = restore_tensor(model, x, tile=tile, device="cpu", precision=args.child_precision)
-        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    out = restore_tensor(model, x, tile=tile, device="cpu", precision=args.child_precision)
+    seconds = time.perf_counter() - start
     np.save(args.child_out, out.numpy())
     dtype = resolve_precision(args.child_precision, torch.device("cpu"), model)
     print(json.dumps({
-        "seconds": statistics.median(times),
+        "seconds": seconds,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "dtype": "fp32" if dtype is None else str(dtype).removeprefix("torch."),
     }))  # fmt: skip
+
+
+def _run_child(args: argparse.Namespace, name: str, config: tuple[str, str], out: Path) -> dict:
+    precision, tiling = config
+    cmd = [sys.executable, __file__, "--child-model", name, "--child-precision", precision,
+           "--child-tile", tiling, "--child-out", str(out), "--shipped-size", args.shipped_size,
+           "--shipped-tile", str(args.shipped_tile), "--threads", str(args.threads)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{name} {precision} {tiling} failed: {res.stderr[-800:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def _shipped_table(args: argparse.Namespace) -> None:
@@ -112,31 +124,35 @@ def _shipped_table(args: argparse.Namespace) -> None:
         f"{args.shipped_tile}, median of {args.repeats_shipped}, each config a fresh process"
     )
     print(f"{'model':<14}{'auto runs':>10}" + "".join(f"{p + ' ' + t:>12}" for p, t in _CONFIGS)
-          + f"{'speed-up':>10}{'Δ/255':>7}" + "".join(f"{'RSS ' + p + ' ' + t:>16}"
+          + f"{'x whole':>9}{'x tiled':>9}{'Δ/255':>7}" + "".join(f"{'RSS ' + p + ' ' + t:>16}"
           for p, t in _CONFIGS))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
-            results = {}
-            for precision, tiling in _CONFIGS:
-                out = Path(tmp) / f"{precision}-{tiling}.npy"
-                cmd = [sys.executable, __file__, "--child-model", name, "--child-precision",
-                       precision, "--child-tile", tiling, "--child-out", str(out),
-                       "--shipped-size", args.shipped_size, "--shipped-tile",
-                       str(args.shipped_tile), "--repeats-shipped", str(args.repeats_shipped),
-                       "--threads", str(args.threads)]  # fmt: skip
-                res = subprocess.run(cmd, capture_output=True, text=True)
-                if res.returncode != 0:
-                    raise SystemExit(f"{name} {precision} {tiling} failed: {res.stderr[-800:]}")
-                results[precision, tiling] = json.loads(res.stdout.strip().splitlines()[-1])
+            runs: dict[tuple[str, str], list[dict]] = {c: [] for c in _CONFIGS}
+            for _ in range(args.repeats_shipped):  # interleaved: load swings hit all alike
+                for config in _CONFIGS:
+                    out = Path(tmp) / f"{config[0]}-{config[1]}.npy"
+                    runs[config].append(_run_child(args, name, config, out))
+            results = {
+                c: {
+                    "seconds": statistics.median(r["seconds"] for r in rs),
+                    "rss_mb": max(r["rss_mb"] for r in rs),
+                    "dtype": rs[0]["dtype"],
+                }
+                for c, rs in runs.items()
+            }
             fp32, auto = (
                 np.load(Path(tmp) / "fp32-whole.npy"),
                 np.load(Path(tmp) / "auto-whole.npy"),
             )
             change = float(np.abs(auto - fp32).mean()) * 255
-            speedup = results["fp32", "whole"]["seconds"] / results["auto", "whole"]["seconds"]
+            speedup = [
+                results["fp32", t]["seconds"] / results["auto", t]["seconds"]
+                for t in ("whole", "tiled")
+            ]
             row = f"{name:<14}{results['auto', 'whole']['dtype']:>10}"
             row += "".join(f"{mp / results[c]['seconds']:>12.3f}" for c in _CONFIGS)
-            row += f"{speedup:>9.2f}×{change:>7.3f}"
+            row += f"{speedup[0]:>8.2f}×{speedup[1]:>8.2f}×{change:>7.3f}"
             row += "".join(f"{results[c]['rss_mb']:>14.0f}MB" for c in _CONFIGS)
             print(row, flush=True)
 
