@@ -15,6 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from deblurcli.archs import create, get_spec
+from deblurcli.archs._blocks import ReflectionPad
 from deblurcli.cli import app
 from deblurcli.errors import ManifestError, UsageError
 from deblurcli.inference import device as dev_mod
@@ -301,3 +302,12 @@ def test_restore_folds_the_model_it_loads_and_output_is_unchanged(tmp_path):
 
 def _u8_tensor(t: torch.Tensor) -> np.ndarray:
     return np.rint(t.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+
+
+def test_reflection_pad_keeps_bf16_under_autocast_and_matches_torch():
+    x = torch.rand(1, 4, 9, 11).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, theirs = ReflectionPad(2)(x), torch.nn.ReflectionPad2d(2)(x)
+    assert theirs.dtype == torch.float32  # autocast's fp32 policy: the copies we avoid
+    assert ours.dtype == torch.bfloat16 and ours.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours.float(), theirs, atol=0, rtol=0)

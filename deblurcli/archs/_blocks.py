@@ -64,11 +64,24 @@ def conv_norm_act(
     pad = kernel_size // 2
     layers: list[nn.Module] = []
     if reflect and pad:
-        layers.append(nn.ReflectionPad2d(pad))
+        layers.append(ReflectionPad(pad))
         pad = 0
     layers.append(nn.Conv2d(in_ch, out_ch, kernel_size, stride, pad, bias=norm != "batch"))
     layers += _norm(norm, out_ch) + _act(act)
     return nn.Sequential(*layers)
+
+
+class ReflectionPad(nn.ReflectionPad2d):
+    """Reflection padding that keeps its input's dtype under autocast.
+
+    Autocast lists reflection padding as an fp32 op, so in bf16 every padded activation would
+    be upcast and the next conv would cast it back: two full copies per conv, about a third of
+    a bf16 CPU forward. Padding only copies values, so this changes no output bit.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return super().forward(x)
 
 
 def _norm(kind: str, ch: int) -> list[nn.Module]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deblurcli.archs._blocks import ResidualBlock, SizeAgnostic, conv_norm_act
+from deblurcli.archs._blocks import ReflectionPad, ResidualBlock, SizeAgnostic, conv_norm_act
 from deblurcli.archs._registry import ArchSpec, register_arch
 
 
@@ -74,7 +74,7 @@ class DeblurGANGenerator(SizeAgnostic):
                 nn.InstanceNorm2d(cout),
                 nn.ReLU(inplace=True),
             ]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
+        layers += [ReflectionPad(3), nn.Conv2d(ngf, 3, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:

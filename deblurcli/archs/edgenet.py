@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deblurcli.archs._blocks import ResidualBlock, SizeAgnostic, UpsampleConv, conv_norm_act
+from deblurcli.archs._blocks import (
+    ReflectionPad,
+    ResidualBlock,
+    SizeAgnostic,
+    UpsampleConv,
+    conv_norm_act,
+)
 from deblurcli.archs._registry import ArchSpec, register_arch
 
 
@@ -74,7 +80,7 @@ class DeblurNet(nn.Module):
             UpsampleConv(base * 4, base * 2, norm="none"),
             UpsampleConv(base * 2, base, norm="none"),
         )
-        self.tail = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(base, 3, 7))
+        self.tail = nn.Sequential(ReflectionPad(3), nn.Conv2d(base, 3, 7))
 
     def forward(self, rgb: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
         feat = self.head(torch.cat([rgb, edge], 1))

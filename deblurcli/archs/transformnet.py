@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deblurcli.archs._blocks import ResidualBlock, SizeAgnostic, conv_norm_act
+from deblurcli.archs._blocks import ReflectionPad, ResidualBlock, SizeAgnostic, conv_norm_act
 from deblurcli.archs._registry import ArchSpec, register_arch
 
 SPEC = ArchSpec(
@@ -48,7 +48,7 @@ class TransformNet(SizeAgnostic):
                 nn.InstanceNorm2d(cout),
                 nn.ReLU(inplace=True),
             ]
-        layers += [nn.ReflectionPad2d(4), nn.Conv2d(b, 3, 9)]
+        layers += [ReflectionPad(4), nn.Conv2d(b, 3, 9)]
         self.net = nn.Sequential(*layers)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
