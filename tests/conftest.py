@@ -27,3 +27,17 @@ def natural_image(h: int = 96, w: int = 128, seed: int = 0) -> np.ndarray:
 @pytest.fixture
 def rgb_image() -> np.ndarray:
     return natural_image()
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """A loopback Hugging Face Hub (``_loopback_hub``) as ``HF_ENDPOINT``, with an empty cache."""
+    from _loopback_hub import LoopbackHub
+
+    server = LoopbackHub()
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DEBLURCLI_MANIFEST"):
+        monkeypatch.delenv(var, raising=False)
+    yield server
+    server.close()

@@ -33,6 +33,7 @@ from deblurcli.imageio import ImageData, is_partial_file, looks_complete, write_
 from deblurcli.inference.batch import restore
 from deblurcli.locks import FolderBusyError, output_lock
 from deblurcli.weights import save_checkpoint
+from tests._procs import alive, descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -113,37 +114,11 @@ def _partials(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if is_partial_file(p)]
 
 
-def _descendants(pid: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pids: set[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z":
-            alive.add(pid)
-    return alive
-
-
 def _wait_gone(pids: set[int], seconds: float) -> set[int]:
     deadline = time.monotonic() + seconds
-    while _alive(pids) and time.monotonic() < deadline:
+    while alive(pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    left = _alive(pids)
+    left = alive(pids)
     for pid in left:  # never leave anything behind, even when the probe fails
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
@@ -322,9 +297,9 @@ def test_die_with_parent(tmp_path, mechanism):
     module = ROOT / "deblurcli" / "_process.py"
     proc = subprocess.Popen([sys.executable, str(script), mechanism, str(module)], env=_env())
     deadline = time.monotonic() + 30
-    while not _descendants(proc.pid) and time.monotonic() < deadline:
+    while not descendants(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    children = _descendants(proc.pid)
+    children = descendants(proc.pid)
     time.sleep(0.3)  # let the child arm its death signal / watchdog
     proc.kill()
     proc.wait()
@@ -341,7 +316,7 @@ def test_blur_sigkill_workers_die_and_resume_is_byte_identical(tmp_path):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not any((out / "blurred").glob("*.png")):
         time.sleep(0.02)
-    workers = _descendants(proc.pid)
+    workers = descendants(proc.pid)
     proc.kill()
     proc.wait()
     assert workers, "the pool had not started"
@@ -368,7 +343,7 @@ def test_train_sigkill_dataloader_workers_die(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (run / "checkpoints" / "last.pt").exists():
         time.sleep(0.1)
-    helpers = _descendants(proc.pid)
+    helpers = descendants(proc.pid)
     proc.kill()
     proc.wait()
     assert helpers, "no DataLoader workers were running"

@@ -23,17 +23,6 @@ FILE = "simplecnn-tiny.safetensors"
 
 
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    server = LoopbackHub()
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DEBLURCLI_MANIFEST"):
-        monkeypatch.delenv(var, raising=False)
-    yield server
-    server.close()
-
-
-@pytest.fixture
 def published(tmp_path, hub):
     """A tiny simplecnn published on the loopback Hub at COMMIT, and a manifest pinning it."""
     model, data = tiny_checkpoint(tmp_path / "src" / FILE)

@@ -32,17 +32,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 OWNER_REPO = "someone/tiny-deblur"
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    server = LoopbackHub()
-    monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DEBLURCLI_MANIFEST"):
-        monkeypatch.delenv(var, raising=False)
-    yield server
-    server.close()
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A real (two-step, tiny) ``deblur train`` run folder, and its eval result."""

@@ -26,6 +26,7 @@ from deblurcli.training.recipes import parse_losses, recipe_for_arch
 from deblurcli.training.trainer import Trainer
 from deblurcli.weights import read_metadata
 from deblurcli.weights.resolve import load_model
+from tests._procs import alive, descendants
 
 PATCH = 32
 
@@ -207,34 +208,6 @@ def test_dataset_split_and_sampler_shards(pairs: Path) -> None:
     assert [k for k, _ in later] == shards[0][4:]
 
 
-def _descendants(pid: int) -> set[int]:
-    """Every live process below ``pid`` (from /proc), children of children included."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # exited meanwhile
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {p for p, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pids: set[int]) -> set[int]:
-    out = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.add(pid)
-    return out
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_cli_kill_and_resume(pairs: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
@@ -246,16 +219,16 @@ def test_cli_kill_and_resume(pairs: Path, tmp_path: Path) -> None:
     deadline = time.time() + 90
     while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
-    helpers = _descendants(proc.pid)  # the DataLoader worker (and any multiprocessing server)
+    helpers = descendants(proc.pid)  # the DataLoader worker (and any multiprocessing server)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     try:  # a killed trainer must not leave its worker processes behind
         deadline = time.time() + 30
-        while _alive(helpers) and time.time() < deadline:
+        while alive(helpers) and time.time() < deadline:
             time.sleep(0.5)
-        assert helpers and not _alive(helpers), f"orphaned processes: {_alive(helpers)}"
+        assert helpers and not alive(helpers), f"orphaned processes: {alive(helpers)}"
     finally:
-        for pid in _alive(helpers):
+        for pid in alive(helpers):
             os.kill(pid, signal.SIGKILL)
     assert (run / "model.safetensors").is_file()
     done = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]

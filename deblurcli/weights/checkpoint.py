@@ -67,7 +67,8 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({exc})") from None
 
 
-def _read_legacy_pth(path: Path) -> dict[str, torch.Tensor]:
+def read_pth(path: Path) -> dict[str, Any]:
+    """A ``.pth`` file's top-level dict, read with ``torch.load(weights_only=True)`` only."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the unpickler raises many types; none of them is the user's bug
@@ -75,7 +76,19 @@ def _read_legacy_pth(path: Path) -> dict[str, torch.Tensor]:
             f"{path}: refused to load (only plain tensor state dicts are accepted from .pth; "
             f"{type(exc).__name__})"
         ) from None
-    if isinstance(state, dict) and "state_dict" in state:
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a dict of tensors")
+    return state
+
+
+def read_state_dict(path: Path) -> dict[str, Any]:
+    """The tensors of a ``.safetensors`` or (``weights_only``) ``.pth`` file, as stored."""
+    return _read_tensors(path) if path.suffix == ".safetensors" else read_pth(path)
+
+
+def _read_legacy_pth(path: Path) -> dict[str, torch.Tensor]:
+    state = read_pth(path)
+    if "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: a .pth must hold a dict of tensors")

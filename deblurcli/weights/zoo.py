@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from deblurcli.archs import ArchSpec
 from deblurcli.errors import CheckpointError
+from deblurcli.weights.checkpoint import read_state_dict
 
 INSTALL_HINT = "pip install 'deblurcli[zoo]'"
 # spandrel's restoration architectures that were published for deblurring (docs/zoo.md).
@@ -93,25 +92,6 @@ class ExternalModel(nn.Module):
         mode = "reflect" if th < 2 * h and tw < 2 * w else "replicate"
         padded = F.pad(x, (0, tw - w, 0, th - h), mode=mode)
         return self.net(padded)[..., :h, :w]
-
-
-def read_state_dict(path: Path) -> dict[str, Any]:
-    """The tensors of a ``.safetensors`` or (``weights_only``) ``.pth`` file."""
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{path}: corrupt or truncated safetensors ({exc})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the unpickler raises many types; none of them is the user's bug
-        raise CheckpointError(
-            f"{path}: refused to load (only tensors are accepted from .pth files; "
-            f"{type(exc).__name__})"
-        ) from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a dict of tensors")
-    return state
 
 
 def describe_state(state: dict[str, Any]) -> str:
