@@ -374,3 +374,16 @@ def test_beats_shipped_needs_both_benchmark_and_check_photos():
     # A thousandth of a dB (what two fine-tuning steps moved edgenet) is noise, not better.
     noise = tp.beats_shipped({"psnr_gain": 0.3697}, {"psnr_gain": 0.3691})
     assert len(noise) == 1 and "0.05 dB above" in noise[0]
+
+
+def test_every_planned_model_warm_starts_from_its_shipped_weights():
+    """The GPU run continues from the shipped weights; a plan config that drifts from the
+    shipped one would silently train that arch from scratch instead."""
+    cohort = tp.load_cohort()
+    assert {"patch_size", "batch_size", "workers", "warmup"} <= set(cohort)
+    for arch, plan in tp.load_plan().items():
+        assert tp.warm_start(arch, plan, "default", MANIFEST_PATH) == arch
+        assert tp.warm_start(arch, plan, "tiny", MANIFEST_PATH) is None
+    simplecnn = tp.load_plan()["simplecnn"]
+    narrower = {**simplecnn, "config": {**simplecnn["config"], "widths": [8] * 6}}
+    assert tp.warm_start("simplecnn", narrower, "default", MANIFEST_PATH) is None
