@@ -909,7 +909,6 @@ def cohort_run(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Na
         "models built in %.1f s; training for %.0f s", time.perf_counter() - started, cohort.seconds
     )
     result = cohort.run()
-    pack_cohort(cohort, out, started)
     figures = cohort_figures(cohort)
     log.info(
         "%d rounds in %.0f s (%.2f rounds/s)",
