@@ -789,8 +789,8 @@ def return_limit_problems(folder: Path) -> list[str]:
     return problems
 
 
-def merge_metrics(runs: Path, archs: list[str], target: Path) -> None:
-    """Every run's ``metrics.csv`` as one file with an ``arch`` column."""
+def merge_metrics(files: dict[str, Path], target: Path) -> None:
+    """The ``metrics.csv`` files (arch → path) as one file with an ``arch`` column."""
     import csv
     import io
 
@@ -798,8 +798,7 @@ def merge_metrics(runs: Path, archs: list[str], target: Path) -> None:
 
     buf = io.StringIO()
     writer = None
-    for arch in archs:
-        path = runs / arch / "metrics.csv"
+    for arch, path in files.items():
         if not path.is_file():
             continue
         with open(path, newline="") as f:
@@ -850,11 +849,8 @@ def pack_cohort(cohort: Any, out: Path, started: float) -> None:
         "wall_s": round(time.perf_counter() - started, 1),
     }
     write_bundle(models, out, extra=extra)
-    merge_metrics(
-        cohort.trainers[next(iter(cohort.trainers))].run_dir.parent,
-        list(models),
-        out / "metrics.csv",
-    )
+    metrics = {arch: cohort.trainers[arch].run_dir / "metrics.csv" for arch in models}
+    merge_metrics(metrics, out / "metrics.csv")
 
 
 def cohort_run(plans: dict[str, dict[str, Any]], paths: Paths, args: argparse.Namespace) -> int:

@@ -166,8 +166,8 @@ class Cohort:
         self.trainers: dict[str, Trainer] = {}
         for name, cfg in configs.items():
             # Validation and checkpoints follow the clock, not the step count.
-            cfg = replace(cfg, steps=_NOMINAL_STEPS, val_every=_NOMINAL_STEPS)
-            self.trainers[name] = Trainer(replace(cfg, ckpt_every=_NOMINAL_STEPS))
+            nominal = {"steps": _NOMINAL_STEPS, "val_every": _NOMINAL_STEPS}
+            self.trainers[name] = Trainer(replace(cfg, **nominal, ckpt_every=_NOMINAL_STEPS))
         self.rounds = 0
         self.started = 0.0
 
