@@ -15,16 +15,37 @@ class DeblurError(Exception):
 
 
 class UsageError(DeblurError):
-    """The command was given arguments that cannot work together."""
+    """The command was given arguments that cannot work together.
+
+    ``option`` names the offending parameter as the library spells it (``tile_overlap``);
+    the message then reads as a sentence about it ("tile_overlap must be >= 0") for library
+    callers, and the CLI names its flag instead (:meth:`for_cli`: "--tile-overlap must be
+    >= 0"). The library never spells a flag itself: it does not know which command it serves.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+    def __str__(self) -> str:
+        message = str(self.args[0]) if self.args else ""
+        return f"{self.option} {message}" if self.option else message
+
+    def for_cli(self) -> str:
+        """The message with ``option`` spelled as the command-line flag."""
+        message = str(self.args[0]) if self.args else ""
+        if not self.option:
+            return message
+        return f"--{self.option.replace('_', '-')} {message}"
 
 
 class UnknownArchError(UsageError, KeyError):
     """A name that is not in the architecture registry (a usage error: exit code 2)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
+        return UsageError.__str__(self)
 
 
 class ImageReadError(DeblurError):

@@ -55,3 +55,26 @@ def test_every_command_has_help(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
     assert len(result.output.strip()) > 40
+
+
+def test_usage_error_names_the_parameter_in_the_library_and_the_flag_in_the_cli():
+    import typer
+
+    from deblurcli.cli._common import friendly_errors
+    from deblurcli.errors import UsageError
+
+    error = UsageError("must be >= 0", option="tile_overlap")
+    assert str(error) == "tile_overlap must be >= 0"
+    assert error.for_cli() == "--tile-overlap must be >= 0"
+    assert UsageError("plain").for_cli() == "plain"
+
+    @friendly_errors
+    def command(as_json: bool = False) -> None:
+        raise error
+
+    runner_app = typer.Typer()
+    runner_app.command()(command)
+    result = CliRunner().invoke(runner_app, ["--as-json"])
+    assert result.exit_code == 2
+    assert json.loads(result.stdout) == {"error": "--tile-overlap must be >= 0", "exit_code": 2}
+    assert "--tile-overlap must be >= 0" in result.stderr
