@@ -233,16 +233,13 @@ def train_command(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> 
 
 def check_same_model(arch: str, plan: dict[str, Any], run: Path, width: str) -> None:
     """Refuse to resume a run whose model differs from the plan's (the plan was edited)."""
-    from deblurcli.archs import get_spec, resolve_config
+    from deblurcli.archs import model_config, resolve_config
 
     if width != "default":
         return
     saved = json.loads((run / "config.json").read_text(encoding="utf-8")).get("arch_config")
-    wanted = resolve_config(arch, **plan["config"])
-    if "encoder_weights" in get_spec(arch).default_config:  # an init choice, not the model
-        saved, wanted = (
-            {k: v for k, v in c.items() if k != "encoder_weights"} for c in (saved, wanted)
-        )
+    saved = model_config(arch, saved or {})
+    wanted = model_config(arch, resolve_config(arch, **plan["config"]))
     if saved != wanted:
         raise RuntimeError(
             f"{run} was trained with config {saved}, the plan now says {wanted}; "
@@ -752,7 +749,7 @@ def train_config(
 
 def warm_start(arch: str, plan: dict[str, Any], width: str, manifest: Path) -> str | None:
     """The shipped model to start from: the one of ``arch`` when the plan's config is its."""
-    from deblurcli.archs import resolve_config
+    from deblurcli.archs import model_config, resolve_config
     from deblurcli.weights.manifest import load_manifest, manifest_path
 
     if width != "default":
@@ -762,8 +759,7 @@ def warm_start(arch: str, plan: dict[str, Any], width: str, manifest: Path) -> s
         return None
 
     def model_keys(config: dict[str, Any]) -> dict[str, Any]:
-        full = resolve_config(arch, **config)
-        return {k: v for k, v in full.items() if k != "encoder_weights"}  # an init choice
+        return model_config(arch, resolve_config(arch, **config))
 
     if model_keys(dict(entries[0].config)) != model_keys(plan["config"]):
         return None

@@ -7,12 +7,15 @@ import torch
 from torch import nn
 
 from deblurcli.archs import (
+    ArchSpec,
     count_parameters,
     create,
     create_discriminator,
     default_parameter_count,
     get_spec,
     list_archs,
+    loading_config,
+    model_config,
     resolve_config,
 )
 from deblurcli.errors import UnknownArchError
@@ -162,3 +165,32 @@ def test_resnetencdec_uses_cached_imagenet_weights(tmp_path, monkeypatch):
 def test_parameter_count_helper_counts_all():
     model = create("simplecnn", **get_spec("simplecnn").tiny_config)
     assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+
+
+def test_init_only_keys_are_a_spec_fact():
+    assert get_spec("resnetencdec").init_only_keys == ("encoder_weights",)
+    config = resolve_config("resnetencdec")
+    assert model_config("resnetencdec", config) == {
+        k: v for k, v in config.items() if k != "encoder_weights"
+    }
+    assert loading_config("resnetencdec", config) == {**config, "encoder_weights": None}
+    assert loading_config("resnetencdec", {})["encoder_weights"] is None
+    for name in set(SIX) - {"resnetencdec"}:
+        assert get_spec(name).init_only_keys == ()
+        config = resolve_config(name)
+        assert model_config(name, config) == config == loading_config(name, config)
+
+
+@pytest.mark.parametrize("name", SIX)
+def test_tiny_config_turns_every_init_off(name):
+    spec = get_spec(name)
+    assert all(spec.tiny_config[k] is None for k in spec.init_only_keys)
+
+
+def test_spec_refuses_init_only_keys_it_cannot_honour():
+    base = {"name": "x", "title": "x", "source": "x", "default_config": {"init": "a", "w": 1}}
+    with pytest.raises(ValueError, match="not config keys"):
+        ArchSpec(**base, init_only_keys=("nope",))
+    with pytest.raises(ValueError, match="tiny_config must set"):
+        ArchSpec(**base, tiny_config={"w": 1}, init_only_keys=("init",))
+    assert ArchSpec(**base, tiny_config={"init": None}, init_only_keys=("init",))

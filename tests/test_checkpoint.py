@@ -101,3 +101,21 @@ def test_malformed_config_metadata_is_a_clear_error(tmp_path, config):
     save_file(state, path, metadata={"deblurcli.arch": "simplecnn", "deblurcli.config": config})
     with pytest.raises(CheckpointError, match="not a JSON object"):
         load_checkpoint(path)
+
+
+def test_loading_reads_no_init_the_checkpoint_replaces(tmp_path, monkeypatch, caplog):
+    # Saved with encoder_weights="imagenet" (resnetencdec's init-only key): loading must not
+    # look for ImageNet weights, so no "not in the torch cache" warning, and the weights are
+    # the checkpoint's.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    config = {**get_spec("resnetencdec").tiny_config, "encoder_weights": "imagenet"}
+    with caplog.at_level("WARNING"):
+        model = create("resnetencdec", **config).eval()
+    assert "not in the torch cache" in caplog.text  # the init was tried when building
+    path = save_checkpoint(model, tmp_path / "model.safetensors")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        loaded = load_checkpoint(path)
+    assert "torch cache" not in caplog.text
+    assert loaded.arch_config["encoder_weights"] is None
+    torch.testing.assert_close(loaded.stem[0].weight, model.stem[0].weight)

@@ -16,6 +16,8 @@ from deblurcli.archs._registry import (
     default_parameter_count,
     get_spec,
     list_archs,
+    loading_config,
+    model_config,
     register_arch,
     resolve_config,
 )
@@ -28,6 +30,8 @@ __all__ = [
     "default_parameter_count",
     "get_spec",
     "list_archs",
+    "loading_config",
+    "model_config",
     "register_arch",
     "resolve_config",
 ]

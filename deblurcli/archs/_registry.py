@@ -35,6 +35,18 @@ class ArchSpec:
     tiny_config: dict[str, Any] = field(default_factory=dict)
     discriminator: Callable[..., nn.Module] | None = None
     recipe: str = ""  # name of its training recipe in deblurcli.training.recipes
+    # Config keys that only choose how the weights start (resnetencdec's ImageNet encoder):
+    # None turns that init off. Loaded weights replace it, so these keys never tell two models
+    # apart, and the tiny config turns them off (tests and --width tiny read no init file).
+    init_only_keys: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.init_only_keys if k not in self.default_config]
+        if unknown:
+            raise ValueError(f"{self.name}: init_only_keys {unknown} are not config keys")
+        left_on = [k for k in self.init_only_keys if self.tiny_config.get(k, "") is not None]
+        if left_on:
+            raise ValueError(f"{self.name}: tiny_config must set {left_on} to None")
 
     def size_rule(self) -> str:
         if self.size_multiple <= 1:
@@ -90,6 +102,18 @@ def resolve_config(name: str, **overrides: Any) -> dict[str, Any]:
         )
     config.update(overrides)
     return config
+
+
+def model_config(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without ``name``'s init-only keys: what identifies the model itself."""
+    init_only = get_spec(name).init_only_keys
+    return {k: v for k, v in config.items() if k not in init_only}
+
+
+def loading_config(name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``name``'s init-only keys turned off (None): for a model whose weights
+    are about to be replaced by loaded ones, so no init file is read for nothing."""
+    return {**config, **dict.fromkeys(get_spec(name).init_only_keys)}
 
 
 def create(name: str, **config: Any) -> nn.Module:

@@ -78,6 +78,7 @@ SPEC = ArchSpec(
     size_multiple=32,
     tile_overlap=128,
     recipe="resnetencdec",
+    init_only_keys=("encoder_weights",),
 )
 
 

@@ -8,7 +8,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from deblurcli.archs import default_parameter_count, get_spec, list_archs
+from deblurcli.archs import default_parameter_count, get_spec, list_archs, model_config
 from deblurcli.cli._common import console, friendly_errors
 from deblurcli.weights.manifest import find_pretrained, pretrained_archs
 
@@ -18,8 +18,7 @@ def _shipped_parameters(name: str) -> int | None:
     entry = find_pretrained(name)
     if entry is None:
         return None
-    config = {k: v for k, v in entry.config.items() if k != "encoder_weights"}
-    return default_parameter_count(name, **config)
+    return default_parameter_count(name, **model_config(name, entry.config))
 
 
 def describe_models() -> list[dict[str, object]]:

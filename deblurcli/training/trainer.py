@@ -145,14 +145,12 @@ class TrainResult:
 def arch_config(config: TrainConfig, init_base: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model config of a run; ``init_base``: the config of the model it starts from."""
     if init_base is not None:
-        return init_config(init_base, config.arch_config)
+        return init_config(config.arch, init_base, config.arch_config)
     spec = get_spec(config.arch)
     if config.width not in ("default", "tiny"):
         raise UsageError(f"--width must be 'default' or 'tiny', not {config.width!r}")
     base = dict(spec.tiny_config) if config.width == "tiny" else {}
     base.update(config.arch_config)
-    if "encoder_weights" in spec.default_config and config.width == "tiny":
-        base.setdefault("encoder_weights", None)
     return base
 
 

@@ -18,13 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from deblurcli.archs import loading_config
 from deblurcli.errors import UsageError
 from deblurcli.weights.checkpoint import read_metadata
 from deblurcli.weights.resolve import resolve_model
 
 INIT_KEY = "deblurcli.init"
-# Chooses a backbone init (a download for resnetencdec), which the --init weights replace.
-_INIT_ONLY_KEYS = ("encoder_weights",)
 
 
 @dataclass(frozen=True)
@@ -79,13 +78,10 @@ def check_arch(source: InitSource, arch: str | None, value: str) -> str:
     return source.arch
 
 
-def init_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The model config of a warm-started run: MODEL's config with ``--config`` overrides."""
-    config = {**base, **overrides}
-    for key in _INIT_ONLY_KEYS:
-        if key in config:
-            config[key] = None
-    return config
+def init_config(arch: str, base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The model config of a warm-started run: MODEL's config with ``--config`` overrides,
+    init-only keys off (MODEL's weights replace that init)."""
+    return loading_config(arch, {**base, **overrides})
 
 
 def load_init_weights(model: nn.Module, source: InitSource, overrides: dict[str, Any]) -> None:

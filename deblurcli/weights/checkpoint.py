@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as serialize
 from torch import nn
 
-from deblurcli.archs import create, get_spec
+from deblurcli.archs import create, get_spec, loading_config
 from deblurcli.errors import CheckpointError
 from deblurcli.imageio import atomic_write_bytes
 
@@ -148,10 +148,7 @@ def _metadata_config(path: Path, meta: dict[str, str]) -> dict[str, Any]:
 
 
 def _build_for_loading(arch: str, config: dict[str, Any]) -> nn.Module:
-    config = dict(config)
-    if "encoder_weights" in config:  # the checkpoint replaces any backbone init
-        config["encoder_weights"] = None
     try:
-        return create(arch, **config)
+        return create(arch, **loading_config(arch, config))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"invalid {arch} config in checkpoint: {exc}") from None

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deblurcli.archs import get_spec
+from deblurcli.archs import get_spec, model_config
 from deblurcli.errors import CheckpointError, ChecksumError, WeightsUnavailableError
 from deblurcli.weights import hub
 from deblurcli.weights.checkpoint import ARCH_KEY, load_checkpoint, read_metadata
@@ -235,11 +235,9 @@ def _check_matches_entry(path: Path, model: nn.Module, entry: PretrainedEntry) -
             f"{path}: holds a {model.arch_name} model but the manifest says '{entry.name}' is "
             f"a {entry.arch}"
         )
-    # encoder_weights only chooses a backbone init, which the checkpoint replaces anyway.
+    loaded = model.arch_config
     differ = sorted(
-        k
-        for k, v in entry.config.items()
-        if k != "encoder_weights" and model.arch_config.get(k) != v
+        k for k, v in model_config(entry.arch, entry.config).items() if loaded.get(k) != v
     )
     if differ:
         raise CheckpointError(
