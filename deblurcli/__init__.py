@@ -7,51 +7,51 @@ Python API (the CLI is a thin layer over it)::
     summary = restore(["photos/"], model=model, output="restored/")
 """
 
+from __future__ import annotations
+
+import importlib
 from typing import Any
 
-from deblurcli.archs import create as create_model
-from deblurcli.archs import get_spec, list_archs
-from deblurcli.degradations import degrade, synthesize_dataset
-from deblurcli.errors import DeblurError
-from deblurcli.evaluation import EvalOptions, evaluate
-from deblurcli.imageio import read_image, write_image
-from deblurcli.inference import restore_tensor
-from deblurcli.inference.batch import RestoreSummary, restore
-from deblurcli.metrics import psnr, ssim
-from deblurcli.weights import list_pretrained, load_checkpoint, resolve_weights, save_checkpoint
-from deblurcli.weights.resolve import load_model
+# name -> (module, attribute). Loaded on first use, so that importing a light submodule
+# (``deblurcli.data.photo_pool``, ``deblurcli.errors``) does not pull in torch through here.
+_API = {
+    "DeblurError": ("deblurcli.errors", "DeblurError"),
+    "EvalOptions": ("deblurcli.evaluation", "EvalOptions"),
+    "create_model": ("deblurcli.archs", "create"),
+    "degrade": ("deblurcli.degradations", "degrade"),
+    "evaluate": ("deblurcli.evaluation", "evaluate"),
+    "get_spec": ("deblurcli.archs", "get_spec"),
+    "list_archs": ("deblurcli.archs", "list_archs"),
+    "list_pretrained": ("deblurcli.weights", "list_pretrained"),
+    "load_checkpoint": ("deblurcli.weights", "load_checkpoint"),
+    "load_model": ("deblurcli.weights.resolve", "load_model"),
+    "psnr": ("deblurcli.metrics", "psnr"),
+    "read_image": ("deblurcli.imageio", "read_image"),
+    "resolve_weights": ("deblurcli.weights", "resolve_weights"),
+    "restore": ("deblurcli.inference.batch", "restore"),
+    "restore_tensor": ("deblurcli.inference", "restore_tensor"),
+    "RestoreSummary": ("deblurcli.inference.batch", "RestoreSummary"),
+    "save_checkpoint": ("deblurcli.weights", "save_checkpoint"),
+    "ssim": ("deblurcli.metrics", "ssim"),
+    "synthesize_dataset": ("deblurcli.degradations", "synthesize_dataset"),
+    # The trainer pulls in losses, VGG and DDP plumbing.
+    "train": ("deblurcli.training", "train"),
+    "TrainConfig": ("deblurcli.training", "TrainConfig"),
+    "write_image": ("deblurcli.imageio", "write_image"),
+}
 
 __version__ = "0.1.0"
-__all__ = [
-    "DeblurError",
-    "EvalOptions",
-    "create_model",
-    "degrade",
-    "evaluate",
-    "get_spec",
-    "list_archs",
-    "list_pretrained",
-    "load_checkpoint",
-    "load_model",
-    "psnr",
-    "read_image",
-    "resolve_weights",
-    "restore",
-    "restore_tensor",
-    "RestoreSummary",
-    "save_checkpoint",
-    "ssim",
-    "synthesize_dataset",
-    "train",
-    "TrainConfig",
-    "write_image",
-]
+__all__ = list(_API)
 
 
 def __getattr__(name: str) -> Any:
-    # The trainer pulls in losses, VGG and DDP plumbing; load it only when someone trains.
-    if name in ("train", "TrainConfig"):
-        from deblurcli import training
+    if name not in _API:
+        raise AttributeError(f"module 'deblurcli' has no attribute {name!r}")
+    module, attr = _API[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
 
-        return getattr(training, name)
-    raise AttributeError(f"module 'deblurcli' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

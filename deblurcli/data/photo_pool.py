@@ -40,14 +40,10 @@ from pathlib import Path, PurePosixPath
 import cv2
 import numpy as np
 
+from deblurcli._hashing import sha256_file
+from deblurcli._toml import tomllib
 from deblurcli.errors import DeblurError, PhotoPoolError, UsageError
 from deblurcli.imageio import ImageData, atomic_write_bytes, read_image, write_image
-from deblurcli.weights.resolve import sha256_file
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 SPLITS = ("train", "val")
 SOURCE_KINDS = ("deb", "wheel")

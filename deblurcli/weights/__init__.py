@@ -1,5 +1,6 @@
 """Weights: the checkpoint format, the manifest of pretrained models, and Hub resolution."""
 
+from deblurcli._hashing import sha256_file
 from deblurcli.weights.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from deblurcli.weights.manifest import (
     PretrainedEntry,
@@ -9,7 +10,7 @@ from deblurcli.weights.manifest import (
     load_manifest,
     pretrained_archs,
 )
-from deblurcli.weights.resolve import load_model, resolve_weights, sha256_file
+from deblurcli.weights.resolve import load_model, resolve_weights
 
 __all__ = [
     "PretrainedEntry",

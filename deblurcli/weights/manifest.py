@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deblurcli._toml import tomllib
 from deblurcli.archs import list_archs, resolve_config
 from deblurcli.errors import (
     DeblurError,
@@ -25,11 +25,6 @@ from deblurcli.errors import (
     UnknownModelError,
     WeightsUnavailableError,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 # Not resolved: the symlink's folder (deblurcli/) is where shipped files live, in a checkout
 # and in an installed wheel alike.

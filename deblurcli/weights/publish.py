@@ -11,24 +11,19 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deblurcli._hashing import sha256_file
+from deblurcli._toml import tomllib
 from deblurcli.archs import count_parameters, get_spec
 from deblurcli.errors import CheckpointError, UsageError
 from deblurcli.weights import hub
 from deblurcli.weights.card import entry_block, hub_front_matter, model_card
 from deblurcli.weights.checkpoint import ARCH_KEY, load_checkpoint, read_metadata
 from deblurcli.weights.manifest import parse_manifest
-from deblurcli.weights.resolve import sha256_file
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 # ``deblur train`` options rebuilt from a run's saved settings, in the order users write them.

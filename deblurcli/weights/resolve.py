@@ -9,7 +9,6 @@ manifest is sha256-checked; a corrupt cache entry is downloaded again once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deblurcli._hashing import sha256_file
 from deblurcli.archs import get_spec, model_config
 from deblurcli.errors import CheckpointError, ChecksumError, WeightsUnavailableError
 from deblurcli.weights import hub
@@ -39,7 +39,6 @@ DEFAULT_HUB_FILE = "model.safetensors"
 _HF_URI = re.compile(
     r"hf://(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:/(?P<file>[^@]+))?(?:@(?P<rev>[\w./-]+))?"
 )
-_CHUNK = 1 << 20
 _CHECKPOINT_SUFFIXES = {".safetensors", ".pth", ".pt", ".bin"}
 
 
@@ -61,17 +60,6 @@ def parse_hf_uri(value: str) -> HubRef:
             f"{value}: expected hf://owner/repo[/path/to/file.safetensors][@revision]"
         )
     return HubRef(m["repo"], file or DEFAULT_HUB_FILE, m["rev"] or "main")
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb") as f:
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 def verify_file(path: Path, entry: PretrainedEntry) -> bool:
