@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from deblurcli.errors import UsageError
+from deblurcli.metrics._util import PairMetric
 
 SIGMA = 1.5
 TRUNCATE = 3.5
@@ -80,20 +81,12 @@ def _ssim_means(x: Tensor, y: Tensor, taps: list[float], data_range: float) -> T
     return (num / den).mean(dim=(1, 2, 3))
 
 
-def ssim(
-    x: Tensor,
-    y: Tensor,
-    data_range: float = 1.0,
-    crop_border: int = 0,
-    y_channel: bool = False,
-) -> Tensor:
+@PairMetric
+def ssim(x: Tensor, y: Tensor, data_range: float) -> Tensor:
     """Per-image SSIM of N×C×H×W (or C×H×W) tensors, on their device, as float64.
 
     Same conventions as :func:`deblurcli.metrics.psnr` (``crop_border``, ``y_channel``).
     """
-    from deblurcli.metrics import prepare_pair  # the package imports this module
-
-    x, y = prepare_pair(x, y, crop_border, y_channel)
     return ssim_map_mean(x, y, data_range)
 
 
