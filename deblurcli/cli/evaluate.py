@@ -13,21 +13,10 @@ from deblurcli.cli._common import console, err_console, friendly_errors, is_tty
 from deblurcli.errors import UsageError
 from deblurcli.evaluation import EvalOptions, EvalResult
 from deblurcli.evaluation import evaluate as run_evaluation
+from deblurcli.inference.engine import parse_tile
 
 # Exit status when some pairs could not be scored (the others were).
 BAD_PAIRS_EXIT = 1
-
-
-def _tile(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        tile = int(value)
-    except ValueError:
-        raise UsageError(f"--tile must be 'auto' or a number of pixels, not {value!r}") from None
-    if tile < 0:
-        raise UsageError("--tile must be >= 0 (0 = whole image)")
-    return tile
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -150,7 +139,7 @@ def evaluate(
     options = EvalOptions(
         crop_border=crop_border,
         y_channel=y_channel,
-        tile=_tile(tile),
+        tile=parse_tile(tile),
         tile_overlap=tile_overlap,
         device=device,
         precision=precision,

@@ -25,6 +25,7 @@ import torch
 from PIL import ExifTags, Image
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from deblurcli import degradations
 from deblurcli.errors import DeblurError, ImageReadError, UsageError
 from deblurcli.imageio import find_images, read_image, to_tensor_layout
 
@@ -161,7 +162,7 @@ class PairDataset(Dataset):
         self.cache: dict[Path, np.ndarray] | None = {} if cache else None
         self.bad: set[int] = set()
         if degrade is not None:
-            kinds = _degradations().KINDS
+            kinds = degradations.KINDS
             if degrade not in kinds:
                 raise UsageError(f"unknown --degrade {degrade!r}; choose from {', '.join(kinds)}")
         if any(e.blurred is None for e in self.examples) and degrade is None:
@@ -226,9 +227,10 @@ class PairDataset(Dataset):
         margin = self.patch_size // 4
         region = self._region(sharp, margin, rng)
         if not self.train:  # validation blur depends only on the image name
-            rng = np.random.default_rng(_degradations().image_seed(self.seed, ex.name))
-        mod = _degradations()
-        blurred = mod.degrade(region, self.degrade, rng, self.degrade_options, margin).image
+            rng = np.random.default_rng(degradations.image_seed(self.seed, ex.name))
+        blurred = degradations.degrade(
+            region, self.degrade, rng, self.degrade_options, margin
+        ).image
         m = margin
         region = region[m : -m or None, m : -m or None]
         if blurred.ndim == 2:
@@ -272,16 +274,6 @@ def _textured_origin(
 
 def _rgb(arr: np.ndarray) -> np.ndarray:
     return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
-
-
-def _degradations() -> Any:
-    try:
-        from deblurcli import degradations
-    except ImportError:
-        raise UsageError(
-            "--degrade needs deblurcli.degradations (issue #3), which is not installed yet"
-        ) from None
-    return degradations
 
 
 class StepSampler(Sampler[SampleKey]):

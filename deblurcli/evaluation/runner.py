@@ -25,6 +25,7 @@ from torch import nn
 
 from deblurcli.archs import count_parameters
 from deblurcli.data.pairs import Pair, PairScan, find_pairs
+from deblurcli.degradations import load_kernel
 from deblurcli.errors import DeblurError, UsageError, WeightsUnavailableError
 from deblurcli.evaluation.baselines import (
     BASELINES,
@@ -35,11 +36,12 @@ from deblurcli.evaluation.baselines import (
 )
 from deblurcli.imageio import read_image, to_tensor_layout
 from deblurcli.inference import pick_device, restore_tensor
+from deblurcli.inference.batch import model_label
 from deblurcli.inference.device import PRECISIONS, set_threads
 from deblurcli.inference.engine import check_tiling
 from deblurcli.metrics import psnr, ssim
 from deblurcli.metrics.ssim import window_size
-from deblurcli.weights import default_model_name, list_pretrained, load_model
+from deblurcli.weights import list_pretrained, load_model
 
 log = logging.getLogger(__name__)
 INPUT_KEY = "blurry"
@@ -169,18 +171,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _model_label(value: str | nn.Module | None) -> str:
-    if value is None:
-        return default_model_name() or "default"
-    if isinstance(value, nn.Module):
-        return str(getattr(value, "arch_name", type(value).__name__))
-    path = Path(value)
-    if path.exists():
-        parts = path.resolve().parts
-        return "/".join(parts[-2:]) if path.name == "model.safetensors" else path.name
-    return value
-
-
 def _model_candidate(
     model: nn.Module, key: str, label: str, options: EvalOptions, device: torch.device
 ) -> Candidate:
@@ -235,7 +225,7 @@ def resolve_candidates(
     candidates: list[Candidate] = []
     seen: dict[str, int] = {}
     for value, from_all in values:
-        label = _model_label(value)
+        label = model_label(value, short=True)
         seen[label] = seen.get(label, 0) + 1
         key = label if seen[label] == 1 else f"{label}#{seen[label]}"
         if isinstance(value, nn.Module):
@@ -279,10 +269,6 @@ def read_families(dataset_root: Path | None) -> dict[str, str]:
 
 def _kernel_loader(dataset_root: Path | None) -> Callable[[str], np.ndarray | None]:
     if dataset_root is None:
-        return lambda name: None
-    try:
-        from deblurcli.degradations import load_kernel
-    except ImportError:  # the degradations module has not landed
         return lambda name: None
 
     def load(name: str) -> np.ndarray | None:

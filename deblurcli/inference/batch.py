@@ -136,14 +136,22 @@ def resolve_model(
     return load_model(value, arch=arch)
 
 
-def model_label(value: nn.Module | str | os.PathLike[str] | None, net: nn.Module) -> str:
-    """How to name the model in a summary: what was asked for, or the default model's name."""
+def model_label(value: nn.Module | str | os.PathLike[str] | None, *, short: bool = False) -> str:
+    """How to name the model in a summary: what was asked for, or the default model's name.
+
+    ``short`` names an existing file by its name alone, and a run folder's
+    ``model.safetensors`` as ``run/model.safetensors`` (for table rows).
+    """
     if value is None:
         from deblurcli.weights import default_model_name
 
         return default_model_name() or "default"
     if isinstance(value, nn.Module):
         return str(getattr(value, "arch_name", type(value).__name__))
+    path = Path(value)
+    if short and path.exists():
+        parts = path.resolve().parts
+        return "/".join(parts[-2:]) if path.name == "model.safetensors" else path.name
     return str(value)
 
 
@@ -392,7 +400,7 @@ def restore(
     net = resolve_model(model, arch, kernel)
     if not isinstance(model, nn.Module) and isinstance(net, nn.Module):
         fold_batchnorm(net)  # loaded here, so ours to reshape for inference
-    summary.model = model_label(model, net)
+    summary.model = model_label(model)
     warning = check_tiling(net, tile, tile_overlap)  # one usage error, not one per file
     if warning:
         log.warning("%s", warning)
