@@ -39,6 +39,11 @@ class ArchSpec:
     # None turns that init off. Loaded weights replace it, so these keys never tell two models
     # apart, and the tiny config turns them off (tests and --width tiny read no init file).
     init_only_keys: tuple[str, ...] = ()
+    # CPU training, as measured (deblurcli/training/precision.py): bf16 autocast (with
+    # channels_last) trains it faster on a CPU with native bf16; channels_last pays in fp32 too.
+    # Unmeasured archs train in fp32, contiguous.
+    cpu_train_bf16: bool = False
+    cpu_train_channels_last: bool = False
 
     def __post_init__(self) -> None:
         unknown = [k for k in self.init_only_keys if k not in self.default_config]

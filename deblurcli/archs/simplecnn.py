@@ -30,6 +30,7 @@ SPEC = ArchSpec(
     default_config={"widths": [64, 128, 256, 256, 128, 64], "logit_residual": False},
     tiny_config={"widths": [8, 8, 8, 8, 8, 8]},
     size_multiple=1,
+    cpu_train_bf16=True,  # measured: the table in deblurcli/training/precision.py
     tile_overlap=16,  # receptive field is 15 px
     recipe="simplecnn",
 )

@@ -24,6 +24,7 @@ SPEC = ArchSpec(
     default_config={"base": 32, "n_blocks": 5},
     tiny_config={"base": 4, "n_blocks": 1},
     size_multiple=4,
+    cpu_train_bf16=True,  # measured: the table in deblurcli/training/precision.py
     tile_overlap=64,
     recipe="transformnet",
 )

@@ -21,7 +21,10 @@ Weights, optimiser state and losses stay fp32, so accuracy is that of bf16 activ
 after 30 steps on the same tiny dataset, validation PSNR with bf16 differed from fp32 by
 at most 0.05 dB for every arch (deblurgan −0.02, edgenet 0.00, resnetencdec −0.03,
 simplecnn 0.00, skipae 0.00, transformnet +0.05), so bf16 is used for all six.
-In fp32, channels_last only pays for the archs listed in ``_FP32_CHANNELS_LAST``.
+In fp32, channels_last only pays for skipae and edgenet.
+
+Each arch's spec records its verdicts (``ArchSpec.cpu_train_bf16`` and
+``ArchSpec.cpu_train_channels_last``); :func:`resolve` decides from those alone.
 """
 
 from __future__ import annotations
@@ -32,13 +35,7 @@ import torch
 
 from deblurcli.archs import get_spec
 from deblurcli.errors import UsageError
-from deblurcli.inference.device import cpu_bf16_native
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_CPU_BF16_FASTER = frozenset(
-    {"skipae", "edgenet", "deblurgan", "resnetencdec", "transformnet", "simplecnn"}
-)
-_FP32_CHANNELS_LAST = frozenset({"skipae", "edgenet"})
+from deblurcli.inference.device import PRECISIONS, cpu_bf16_native
 
 
 @dataclass(frozen=True)
@@ -69,8 +66,8 @@ def resolve(arch: str, device: torch.device, value: str = "auto") -> Precision:
     if value == "fp16":
         raise UsageError("--precision fp16 needs CUDA; on the CPU use bf16 or fp32")
     if value == "auto":
-        fast = arch in _CPU_BF16_FASTER and spec.bf16_safe and cpu_bf16_native()
+        fast = spec.cpu_train_bf16 and spec.bf16_safe and cpu_bf16_native()
         value = "bf16" if fast else "fp32"
     if value == "bf16":
         return Precision("bf16", torch.bfloat16, False, channels_last=True)
-    return Precision("fp32", None, False, channels_last=arch in _FP32_CHANNELS_LAST)
+    return Precision("fp32", None, False, channels_last=spec.cpu_train_channels_last)
