@@ -18,7 +18,9 @@ from deblurcli.archs import (
     model_config,
     resolve_config,
 )
+from deblurcli.archs._blocks import pad_to_multiple
 from deblurcli.errors import UnknownArchError
+from deblurcli.inference.tiling import size_multiple
 
 SIX = ["skipae", "edgenet", "deblurgan", "resnetencdec", "transformnet", "simplecnn"]
 
@@ -194,3 +196,47 @@ def test_spec_refuses_init_only_keys_it_cannot_honour():
     with pytest.raises(ValueError, match="tiny_config must set"):
         ArchSpec(**base, tiny_config={"w": 1}, init_only_keys=("init",))
     assert ArchSpec(**base, tiny_config={"init": None}, init_only_keys=("init",))
+
+
+@pytest.mark.parametrize("name", SIX)
+@pytest.mark.parametrize("width", ["default", "tiny"])
+def test_instances_pad_to_their_specs_multiple(name, width):
+    spec = get_spec(name)
+    config = loading_config(name, spec.tiny_config if width == "tiny" else {})
+    torch.manual_seed(0)
+    model = create(name, **config).eval()
+    multiple = spec.multiple_for(model.arch_config)
+    assert model.size_multiple == size_multiple(model) == multiple
+    if width == "default":
+        assert multiple == spec.size_multiple
+    with torch.no_grad():
+        # A multiple runs unpadded: the network itself keeps the shape.
+        x = torch.rand(1, 3, 2 * multiple, 2 * multiple)
+        assert model.forward_padded(x).shape == x.shape
+        if width == "default":
+            return  # slow on a CPU at these widths; the tiny config checks the padding path
+        # Anything else is padded to the spec's multiple and cropped back.
+        x = torch.rand(1, 3, 2 * multiple + 3, multiple + 5)
+        padded, (h, w) = pad_to_multiple(x, multiple)
+        assert padded.shape[-2] % multiple == 0 == padded.shape[-1] % multiple
+        torch.testing.assert_close(model(x), model.forward_padded(padded)[..., :h, :w])
+
+
+def test_edgenet_multiple_follows_its_stage_count():
+    spec = get_spec("edgenet")
+    assert spec.multiple_for(spec.tiny_config) == 4  # two stages: DeblurNet's 4 dominates
+    six = {"edge_widths": [4] * 6, "edge_convs": [1] * 6}
+    assert spec.multiple_for(six) == 32
+    assert create("edgenet", **{**spec.tiny_config, **six}).size_multiple == 32
+
+
+def test_spec_refuses_a_size_multiple_its_rule_contradicts():
+    base = {"name": "x", "title": "x", "source": "x", "default_config": {"n": 3}}
+    with pytest.raises(ValueError, match="size_multiple disagrees"):
+        ArchSpec(**base, size_multiple=4, multiple_rule=lambda c: 2 ** c["n"])
+    assert (
+        ArchSpec(**base, size_multiple=8, multiple_rule=lambda c: 2 ** c["n"]).multiple_for(
+            {"n": 1}
+        )
+        == 2
+    )

@@ -28,7 +28,7 @@ class ArchSpec:
     title: str
     source: str
     default_config: dict[str, Any]
-    size_multiple: int = 1
+    size_multiple: int = 1  # the default config's; multiple_for() gives any config's
     fp16_safe: bool = True
     bf16_safe: bool = True
     tile_overlap: int = 32
@@ -44,14 +44,25 @@ class ArchSpec:
     # Unmeasured archs train in fp32, contiguous.
     cpu_train_bf16: bool = False
     cpu_train_channels_last: bool = False
+    # The padding multiple as a function of the full config, when it depends on it (edgenet:
+    # one halving per EdgeNet stage); None: always size_multiple.
+    multiple_rule: Callable[[dict[str, Any]], int] | None = None
 
     def __post_init__(self) -> None:
+        if self.multiple_for(self.default_config) != self.size_multiple:
+            raise ValueError(f"{self.name}: size_multiple disagrees with its multiple_rule")
         unknown = [k for k in self.init_only_keys if k not in self.default_config]
         if unknown:
             raise ValueError(f"{self.name}: init_only_keys {unknown} are not config keys")
         left_on = [k for k in self.init_only_keys if self.tiny_config.get(k, "") is not None]
         if left_on:
             raise ValueError(f"{self.name}: tiny_config must set {left_on} to None")
+
+    def multiple_for(self, config: dict[str, Any]) -> int:
+        """The padding multiple of a model built with ``config`` (missing keys: defaults)."""
+        if self.multiple_rule is None:
+            return self.size_multiple
+        return self.multiple_rule({**self.default_config, **config})
 
     def size_rule(self) -> str:
         if self.size_multiple <= 1:

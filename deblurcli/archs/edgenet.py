@@ -15,6 +15,8 @@ count are configurable; the default EdgeNet is HED's 5 VGG16 stages.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,6 +89,11 @@ class DeblurNet(nn.Module):
         return rgb + self.tail(self.up(self.body(feat) + feat))
 
 
+def _size_multiple(config: dict[str, Any]) -> int:
+    """EdgeNet pools (stages - 1) times, DeblurNet downsamples twice."""
+    return max(2 ** (len(config["edge_widths"]) - 1), 4)
+
+
 SPEC = ArchSpec(
     name="edgenet",
     title="Edge-aware deblurring: HED-like EdgeNet + DeblurNet (RGB+edge)",
@@ -99,6 +106,7 @@ SPEC = ArchSpec(
     },
     tiny_config={"edge_widths": [4, 8], "edge_convs": [1, 1], "deblur_base": 4, "deblur_blocks": 1},
     size_multiple=16,
+    multiple_rule=_size_multiple,
     cpu_train_bf16=True,  # measured: the table in deblurcli/training/precision.py
     cpu_train_channels_last=True,
     tile_overlap=96,
@@ -112,8 +120,7 @@ class EdgeAwareDeblur(SizeAgnostic):
         self, edge_widths: list[int], edge_convs: list[int], deblur_base: int, deblur_blocks: int
     ):
         super().__init__()
-        # EdgeNet pools (stages - 1) times, DeblurNet downsamples twice.
-        self.size_multiple = max(2 ** (len(edge_widths) - 1), 4)
+        self.size_multiple = SPEC.multiple_for({"edge_widths": edge_widths})
         self.edgenet = HEDEdgeNet(edge_widths, edge_convs)
         self.deblurnet = DeblurNet(deblur_base, deblur_blocks)
 

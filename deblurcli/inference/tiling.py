@@ -168,7 +168,8 @@ def tiled_forward(
 
 
 def size_multiple(model: nn.Module) -> int:
-    """The model's padding multiple (instance attribute first: edgenet's depends on config)."""
+    """The model's padding multiple: its own (a registered model's is its spec's
+    ``multiple_for`` its config, as edgenet's depends on the config), else its spec's."""
     value = getattr(model, "size_multiple", None)
     if value is None:
         spec = getattr(model, "arch_spec", None)
