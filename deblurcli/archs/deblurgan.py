@@ -59,6 +59,19 @@ SPEC = ArchSpec(
 
 @register_arch(SPEC)
 class DeblurGANGenerator(SizeAgnostic):
+    """DeblurGAN's ResNet generator with the learned residual ``clamp(x + G(x), -1, 1)``.
+
+    Args:
+        ngf: channels of the first conv (64 = paper); the body runs at ``4 * ngf``.
+        n_blocks: residual blocks in the body (9 = paper).
+        dropout: dropout probability inside each residual block (0.5 = paper; active only in
+            training mode).
+
+    ``forward(x)`` takes RGB in [0, 1], (N, 3, H, W) of any H×W, and returns the restored
+    image of the same shape, in [0, 1]. The WGAN-GP critic, :class:`PatchGANCritic`, is a
+    separate module (``create_discriminator("deblurgan")``).
+    """
+
     size_multiple = SPEC.size_multiple
 
     def __init__(self, ngf: int, n_blocks: int, dropout: float):

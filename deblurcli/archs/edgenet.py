@@ -116,6 +116,20 @@ SPEC = ArchSpec(
 
 @register_arch(SPEC)
 class EdgeAwareDeblur(SizeAgnostic):
+    """HED-like EdgeNet feeding its edge map to DeblurNet (RGB + edge → RGB), end to end.
+
+    Args:
+        edge_widths: channels of each EdgeNet stage (HED's VGG16: 64-128-256-512-512); the
+            stage count sets the padding multiple (``SPEC.multiple_for``).
+        edge_convs: 3×3 convs in each stage (same length as ``edge_widths``).
+        deblur_base: DeblurNet's first width; its residual body runs at ``4 * deblur_base``.
+        deblur_blocks: residual blocks in DeblurNet's body.
+
+    ``forward(x)`` takes RGB in [0, 1], (N, 3, H, W) of any H×W, and returns the restored
+    image of the same shape, not clamped to [0, 1]. Training calls :meth:`forward_with_edges`
+    instead, which also returns the edge logits to supervise.
+    """
+
     def __init__(
         self, edge_widths: list[int], edge_convs: list[int], deblur_base: int, deblur_blocks: int
     ):
@@ -127,7 +141,9 @@ class EdgeAwareDeblur(SizeAgnostic):
     def forward_with_edges(
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """Restored RGB, fused edge logits and side logits (all at the padded input size)."""
+        """Restored RGB (N, 3, H, W), fused edge logits (N, 1, H, W) and the list of per-stage
+        side logits (each N, 1, H, W); no padding, so H and W must be multiples of
+        ``size_multiple`` (training patches are)."""
         fused, sides = self.edgenet(x)
         return self.deblurnet(x, torch.sigmoid(fused)), fused, sides
 

@@ -85,6 +85,21 @@ SPEC = ArchSpec(
 
 @register_arch(SPEC)
 class ResNetEncDec(SizeAgnostic):
+    """A torchvision ResNet encoder and a five-stage upsampling decoder with skips.
+
+    Args:
+        encoder: ``resnet18``, ``resnet34`` or ``resnet50`` (the seed's).
+        decoder_channels: output channels of the five decoder stages, coarsest first.
+        encoder_weights: ``"imagenet"`` starts the encoder from torchvision's ImageNet weights
+            when they are already in the torch cache (never downloaded); None starts it
+            random. Only an initialisation (``ArchSpec.init_only_keys``): loaded weights
+            replace it, so loaders build with None.
+
+    ``forward(x)`` takes RGB in [0, 1], (N, 3, H, W) of any H×W, and returns the restored
+    image of the same shape (input + predicted residual), not clamped to [0, 1]. BatchNorm
+    layers: call ``eval()`` before inference.
+    """
+
     size_multiple = SPEC.size_multiple
 
     def __init__(self, encoder: str, decoder_channels: list[int], encoder_weights: str | None):

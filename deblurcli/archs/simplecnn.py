@@ -38,6 +38,18 @@ SPEC = ArchSpec(
 
 @register_arch(SPEC)
 class SimpleCNN(SizeAgnostic):
+    """Seven 3×3 convs with tanh between them and a sigmoid output around the input.
+
+    Args:
+        widths: the hidden conv widths, one per conv but the last (the seed's six:
+            64-128-256-256-128-64).
+        logit_residual: add the input in logit space, ``sigmoid(features(x) + logit(x))``, so
+            an untrained net is the identity; False is the seed's ``sigmoid(features(x) + x)``.
+
+    ``forward(x)`` takes RGB in [0, 1], (N, 3, H, W) of any H×W, and returns the restored
+    image of the same shape, in (0, 1).
+    """
+
     size_multiple = SPEC.size_multiple
 
     def __init__(self, widths: list[int], logit_residual: bool = False):

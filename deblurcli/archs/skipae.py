@@ -69,6 +69,18 @@ SPEC = ArchSpec(
 
 @register_arch(SPEC)
 class SkipAE(SizeAgnostic):
+    """Encoder-decoder with skip concatenations (the seed's channel plan, padded convs).
+
+    Args:
+        width: scales every channel count; 64 is the seed's plan (64-128-256-512-512).
+        residual: add the input to the output (global residual); False predicts the image
+            itself, as the seed does.
+
+    ``forward(x)`` takes RGB in [0, 1], (N, 3, H, W) of any H×W, and returns the restored
+    image of the same shape, not clamped to [0, 1]. Its critic, :class:`SkipAEDiscriminator`,
+    is a separate module (``create_discriminator("skipae")``).
+    """
+
     size_multiple = SPEC.size_multiple
 
     def __init__(self, width: int, residual: bool):

@@ -32,6 +32,16 @@ SPEC = ArchSpec(
 
 @register_arch(SPEC)
 class TransformNet(SizeAgnostic):
+    """Johnson et al.'s Image Transform Net with a global skip (``x + net(x)``).
+
+    Args:
+        base: channels of the first conv (32 = paper); the residual body runs at ``4 * base``.
+        n_blocks: residual blocks in the body (5 = paper).
+
+    ``forward(x)`` takes RGB in [0, 1], (N, 3, H, W) of any H×W, and returns the restored
+    image of the same shape, not clamped to [0, 1].
+    """
+
     size_multiple = SPEC.size_multiple
 
     def __init__(self, base: int, n_blocks: int):
