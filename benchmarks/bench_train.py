@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 import torch
 
-from deblurcli.archs import list_archs
+from deblurcli.archs import list_archs, loading_config
 from deblurcli.imageio import ImageData, write_image
 from deblurcli.training.precision import resolve
 from deblurcli.training.trainer import TrainConfig, Trainer
@@ -36,11 +36,7 @@ SMALL = {
     "skipae": {"width": 16},
     "edgenet": {"edge_widths": [16, 32, 64], "edge_convs": [1, 1, 2], "deblur_base": 16},
     "deblurgan": {"ngf": 16, "n_blocks": 3},
-    "resnetencdec": {
-        "encoder": "resnet18",
-        "decoder_channels": [64, 32, 16, 16, 16],
-        "encoder_weights": None,
-    },
+    "resnetencdec": {"encoder": "resnet18", "decoder_channels": [64, 32, 16, 16, 16]},
     "transformnet": {"base": 16, "n_blocks": 3},
     "simplecnn": {"widths": [16, 32, 64, 64, 32, 16]},
 }
@@ -104,7 +100,7 @@ def main() -> None:
             common = dict(
                 arch=arch,
                 data=data,
-                arch_config=SMALL[arch],
+                arch_config=loading_config(arch, SMALL[arch]),
                 critic_config=CRITIC.get(arch, {}),
                 patch_size=patch,
                 batch_size=batch,

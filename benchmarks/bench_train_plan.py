@@ -26,6 +26,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 from train_pretrained import PLAN_PATH, load_plan  # noqa: E402
 
+from deblurcli.archs import loading_config  # noqa: E402
+
 
 def photos(tmp: Path) -> Path:
     """The pool's train split, or four generated 320×240 photos when it is not prepared."""
@@ -103,8 +105,7 @@ def main() -> None:
             if args.quick:
                 print(f"{arch:13s} {fast:9.2f} {'-':>10s} {'-':>6s} {fit:6d}", flush=True)
                 continue
-            paper = {"encoder_weights": None} if "encoder_weights" in plan["config"] else {}
-            slow = measure(arch, plan, paper, data, steps, batch)
+            slow = measure(arch, plan, loading_config(arch, {}), data, steps, batch)
             print(f"{arch:13s} {fast:9.2f} {slow:10.2f} {fast / slow:5.1f}× {fit:6d}", flush=True)
 
 
