@@ -468,7 +468,7 @@ def test_read_only_output(tmp_path, ckpt, readonly_dir, command):
 # -------------------------------------------- defect 5: --degrade on a paired folder
 @pytest.mark.parametrize("layout", ["blur", "gopro"])
 def test_degrade_on_a_paired_folder_uses_sharp_images_only(tmp_path, layout):
-    from deblurcli.training.trainer import _degrade_sources
+    from deblurcli.training.loaders import degrade_sources as _degrade_sources
 
     root = tmp_path / "pairs"
     seq = root if layout == "blur" else root / "train" / "GOPR01"

@@ -8,19 +8,24 @@ from torch import nn
 
 from deblurcli.archs import (
     ArchSpec,
+    DiscriminatorSpec,
     count_parameters,
     create,
     create_discriminator,
     default_parameter_count,
+    get_discriminator_spec,
     get_spec,
     list_archs,
+    list_discriminators,
     loading_config,
     model_config,
+    register_discriminator,
     resolve_config,
 )
 from deblurcli.archs._blocks import pad_to_multiple
 from deblurcli.errors import UnknownArchError
 from deblurcli.inference.tiling import size_multiple
+from deblurcli.training.recipes import recipe_for_arch
 
 SIX = ["skipae", "edgenet", "deblurgan", "resnetencdec", "transformnet", "simplecnn"]
 
@@ -121,21 +126,39 @@ def test_edgenet_exposes_edges_for_training():
     assert model.deblurnet.head[0][1].in_channels == 4  # RGB + edge map
 
 
-@pytest.mark.parametrize("name", ["deblurgan", "skipae"])
-def test_gan_archs_have_a_discriminator(name):
-    critic = create_discriminator(name, **({"ndf": 8} if name == "deblurgan" else {"width": 8}))
+@pytest.mark.parametrize("arch", ["deblurgan", "skipae"])
+def test_gan_archs_have_a_discriminator(arch):
+    name = recipe_for_arch(arch).adversarial.critic  # the recipe names its registered critic
+    critic = create_discriminator(name, **get_discriminator_spec(name).tiny_config)
     score = critic(torch.rand(2, 3, 64, 64))
     assert score.shape[0] == 2 and torch.isfinite(score).all()
 
 
 def test_deblurgan_critic_is_the_70px_patchgan():
-    critic = create_discriminator("deblurgan")
+    critic = create_discriminator(recipe_for_arch("deblurgan").adversarial.critic)
     assert critic(torch.rand(1, 3, 256, 256)).shape == (1, 1, 30, 30)
     assert not any(isinstance(m, nn.Sigmoid) for m in critic.modules())
 
 
 def test_non_gan_arch_has_no_discriminator():
-    assert create_discriminator("simplecnn") is None
+    assert recipe_for_arch("simplecnn").adversarial is None
+
+
+def test_discriminators_are_registry_entries_of_their_own():
+    assert list_discriminators() == ["patchgan", "dcgan"]
+    assert not set(list_discriminators()) & set(list_archs())
+    for name in list_discriminators():  # the tiny config is a smaller critic (fast tests)
+        tiny = create_discriminator(name, **get_discriminator_spec(name).tiny_config)
+        assert count_parameters(tiny) < count_parameters(create_discriminator(name)) / 10
+    with pytest.raises(
+        UnknownArchError, match="unknown discriminator 'deblurgan'; known: patchgan"
+    ):
+        create_discriminator("deblurgan")  # an arch's name is not a critic's
+    for arch in list_archs():  # archs no longer point into training
+        assert not hasattr(get_spec(arch), "recipe")
+        assert not hasattr(get_spec(arch), "discriminator")
+    with pytest.raises(ValueError, match="registered twice"):
+        register_discriminator(DiscriminatorSpec(name="patchgan", title="again"))(nn.Identity)
 
 
 def test_unknown_names_are_clear_errors():

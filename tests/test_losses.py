@@ -84,7 +84,7 @@ def test_warmup_override() -> None:
     recipe = override(get_recipe("transformnet"), warmup=50)
     assert recipe.warmup_steps == 50 and "50 warm-up steps" in recipe.describe()
     assert override(recipe).warmup_steps == 50  # None keeps the recipe's
-    with pytest.raises(UsageError, match="--warmup"):
+    with pytest.raises(UsageError, match="warmup must be 0 or more"):
         override(recipe, warmup=-1)
 
 

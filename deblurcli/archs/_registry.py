@@ -5,6 +5,10 @@ Each architecture module decorates its model class with :func:`register_arch`, p
 size multiple, safe half precisions, recommended tile overlap). Inspired by timm's
 ``register_model`` and BasicSR's ``ARCH_REGISTRY``; spandrel's per-architecture descriptors
 motivated the size and precision fields.
+
+Discriminators are entries of their own (:func:`register_discriminator`, BasicSR's
+``network_d``): an adversarial training recipe names the one it trains against, so the
+architectures do not point into ``deblurcli.training``.
 """
 
 from __future__ import annotations
@@ -33,8 +37,6 @@ class ArchSpec:
     bf16_safe: bool = True
     tile_overlap: int = 32
     tiny_config: dict[str, Any] = field(default_factory=dict)
-    discriminator: Callable[..., nn.Module] | None = None
-    recipe: str = ""  # name of its training recipe in deblurcli.training.recipes
     # Config keys that only choose how the weights start (resnetencdec's ImageNet encoder):
     # None turns that init off. Loaded weights replace it, so these keys never tell two models
     # apart, and the tiny config turns them off (tests and --width tiny read no init file).
@@ -71,12 +73,26 @@ class ArchSpec:
 
 
 @dataclass(frozen=True)
+class DiscriminatorSpec:
+    """A critic/discriminator that adversarial recipes train against (BasicSR's ``network_d``).
+
+    It is registered under its own name; the training recipe that uses it names it, so an
+    architecture knows nothing of how it is trained.
+    """
+
+    name: str
+    title: str
+    tiny_config: dict[str, Any] = field(default_factory=dict)  # for tests and CPU runs
+
+
+@dataclass(frozen=True)
 class _Entry:
     spec: ArchSpec
     builder: Callable[..., nn.Module]
 
 
 _REGISTRY: dict[str, _Entry] = {}
+_DISCRIMINATORS: dict[str, tuple[DiscriminatorSpec, Callable[..., nn.Module]]] = {}
 
 
 def register_arch(spec: ArchSpec) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -87,6 +103,20 @@ def register_arch(spec: ArchSpec) -> Callable[[type[nn.Module]], type[nn.Module]
             raise ValueError(f"architecture {spec.name!r} registered twice")
         _REGISTRY[spec.name] = _Entry(spec=spec, builder=cls)
         cls.arch_spec = spec  # type: ignore[attr-defined]
+        return cls
+
+    return decorator
+
+
+def register_discriminator(
+    spec: DiscriminatorSpec,
+) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator that registers a discriminator class under ``spec.name``."""
+
+    def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+        if spec.name in _DISCRIMINATORS or spec.name in _REGISTRY:
+            raise ValueError(f"discriminator {spec.name!r} registered twice")
+        _DISCRIMINATORS[spec.name] = (spec, cls)
         return cls
 
     return decorator
@@ -141,10 +171,24 @@ def create(name: str, **config: Any) -> nn.Module:
     return model
 
 
-def create_discriminator(name: str, **kwargs: Any) -> nn.Module | None:
-    """The adversarial critic that ``name``'s recipe trains against, or None if it has none."""
-    factory = get_spec(name).discriminator
-    return factory(**kwargs) if factory is not None else None
+def list_discriminators() -> list[str]:
+    """Registered discriminator names, in registration order."""
+    return list(_DISCRIMINATORS)
+
+
+def get_discriminator_spec(name: str) -> DiscriminatorSpec:
+    """The :class:`DiscriminatorSpec` of ``name``; an unknown name is a one-line user error."""
+    try:
+        return _DISCRIMINATORS[name][0]
+    except KeyError:
+        known = ", ".join(_DISCRIMINATORS)
+        raise UnknownArchError(f"unknown discriminator {name!r}; known: {known}") from None
+
+
+def create_discriminator(name: str, **config: Any) -> nn.Module:
+    """Build discriminator ``name`` with its defaults updated by ``config``."""
+    get_discriminator_spec(name)
+    return _DISCRIMINATORS[name][1](**config)
 
 
 def count_parameters(model: nn.Module) -> int:

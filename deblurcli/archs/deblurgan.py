@@ -17,9 +17,21 @@ import torch
 from torch import nn
 
 from deblurcli.archs._blocks import ReflectionPad, ResidualBlock, SizeAgnostic, conv_norm_act
-from deblurcli.archs._registry import ArchSpec, register_arch
+from deblurcli.archs._registry import (
+    ArchSpec,
+    DiscriminatorSpec,
+    register_arch,
+    register_discriminator,
+)
 
 
+@register_discriminator(
+    DiscriminatorSpec(
+        name="patchgan",
+        title="70×70 PatchGAN critic (DeblurGAN's, no sigmoid)",
+        tiny_config={"ndf": 8},
+    )
+)
 class PatchGANCritic(nn.Module):
     """70×70 PatchGAN critic (no sigmoid: WGAN-GP scores), input RGB in [0, 1]."""
 
@@ -52,8 +64,6 @@ SPEC = ArchSpec(
     size_multiple=4,
     cpu_train_bf16=True,  # measured: the table in deblurcli/training/precision.py
     tile_overlap=64,
-    discriminator=PatchGANCritic,
-    recipe="deblurgan",
 )
 
 

@@ -110,7 +110,6 @@ SPEC = ArchSpec(
     cpu_train_bf16=True,  # measured: the table in deblurcli/training/precision.py
     cpu_train_channels_last=True,
     tile_overlap=96,
-    recipe="edgenet",
 )
 
 

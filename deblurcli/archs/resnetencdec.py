@@ -78,7 +78,6 @@ SPEC = ArchSpec(
     size_multiple=32,
     cpu_train_bf16=True,  # measured: the table in deblurcli/training/precision.py
     tile_overlap=128,
-    recipe="resnetencdec",
     init_only_keys=("encoder_weights",),
 )
 

@@ -32,7 +32,6 @@ SPEC = ArchSpec(
     size_multiple=1,
     cpu_train_bf16=True,  # measured: the table in deblurcli/training/precision.py
     tile_overlap=16,  # receptive field is 15 px
-    recipe="simplecnn",
 )
 
 

@@ -24,13 +24,25 @@ import torch
 from torch import nn
 
 from deblurcli.archs._blocks import ImageNetNormalize, SizeAgnostic
-from deblurcli.archs._registry import ArchSpec, register_arch
+from deblurcli.archs._registry import (
+    ArchSpec,
+    DiscriminatorSpec,
+    register_arch,
+    register_discriminator,
+)
 
 
 def _act() -> nn.Module:
     return nn.LeakyReLU(0.2, inplace=True)
 
 
+@register_discriminator(
+    DiscriminatorSpec(
+        name="dcgan",
+        title="DCGAN-style strided conv discriminator with a pooled score (skipae's)",
+        tiny_config={"width": 8},
+    )
+)
 class SkipAEDiscriminator(nn.Module):
     """Strided conv stack → global average → one realness score per image (input in [0, 1])."""
 
@@ -62,8 +74,6 @@ SPEC = ArchSpec(
     cpu_train_bf16=True,  # measured: the table in deblurcli/training/precision.py
     cpu_train_channels_last=True,
     tile_overlap=32,
-    discriminator=SkipAEDiscriminator,
-    recipe="skipae",
 )
 
 

@@ -26,7 +26,6 @@ SPEC = ArchSpec(
     size_multiple=4,
     cpu_train_bf16=True,  # measured: the table in deblurcli/training/precision.py
     tile_overlap=64,
-    recipe="transformnet",
 )
 
 

@@ -27,6 +27,8 @@ def describe_models() -> list[dict[str, object]]:
     ``parameters`` is the paper's configuration (the arch's default); ``shipped_parameters``
     the configuration of the pretrained model that ships (None when none does).
     """
+    from deblurcli.training.recipes import recipe_for_arch
+
     available = pretrained_archs()
     records = []
     for name in list_archs():
@@ -43,7 +45,7 @@ def describe_models() -> list[dict[str, object]]:
                 "fp16_safe": spec.fp16_safe,
                 "bf16_safe": spec.bf16_safe,
                 "tile_overlap": spec.tile_overlap,
-                "has_discriminator": spec.discriminator is not None,
+                "has_discriminator": recipe_for_arch(name).adversarial is not None,
                 "default_config": spec.default_config,
                 "pretrained": name in available,
             }

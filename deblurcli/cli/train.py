@@ -149,7 +149,7 @@ def train(
         ckpt_every=ckpt_every,
         progress=not as_json and err_console.is_terminal,
     )
-    result = run_training(cfg)
+    result = run_training(cfg, console=err_console)
     import os
 
     if int(os.environ.get("RANK", "0")) != 0:

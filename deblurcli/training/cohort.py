@@ -186,6 +186,7 @@ class Cohort:
         return {n: t for n, t in self.trainers.items() if n not in self.errors}
 
     def _fail(self, name: str, exc: BaseException) -> None:
+        self.trainers[name].close()  # a dropped member's run folder is free again
         self.errors[name] = f"{type(exc).__name__}: {exc}"
         log.error("%s dropped from the cohort at round %d: %s", name, self.rounds, exc)
 
@@ -226,7 +227,18 @@ class Cohort:
         self.final_s = max(self.final_s, 1.5 * (time.perf_counter() - start))
 
     def run(self) -> CohortResult:
-        """Train until the budget is spent or every member has failed."""
+        """Train until the budget is spent or every member has failed.
+
+        Each member holds its run folder's lock from the start until it finishes or fails,
+        so no other run (another cohort or ``deblur train``) writes into it meanwhile.
+        """
+        try:
+            return self._run()
+        finally:
+            for trainer in self.trainers.values():
+                trainer.close()
+
+    def _run(self) -> CohortResult:
         first = next(iter(self.trainers.values()))
         device = first.device
         for trainer in self.trainers.values():

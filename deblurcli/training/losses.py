@@ -1,8 +1,16 @@
-"""Loss functions of the recipes: pixel, frequency, perceptual, edge and adversarial terms."""
+"""Loss functions of the recipes: pixel, frequency, perceptual, edge and adversarial terms.
+
+The terms a recipe (or ``--loss``) names are looked up in a registry, as BasicSR's
+``LOSS_REGISTRY``: :func:`build_loss` turns a name into a function of the model's
+:class:`Prediction` and the sharp batch, and :func:`loss_names` lists the known names.
+"""
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -10,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deblurcli.errors import UsageError
 from deblurcli.training.vgg import VGGFeatures
 
 
@@ -144,3 +153,83 @@ def generator_adv_loss(kind: str, critic: nn.Module, fake: torch.Tensor) -> torc
     if kind == "wgan-gp":
         return -score.mean()
     return F.binary_cross_entropy_with_logits(score, torch.ones_like(score))
+
+
+# ----------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Prediction:
+    """What the model returned for a batch: the restored images and, for models with an edge
+    branch (edgenet), the fused and side edge logits."""
+
+    restored: torch.Tensor
+    edges: torch.Tensor | None = None
+    side_edges: list[torch.Tensor] | None = None
+
+
+LossFn = Callable[[Prediction, torch.Tensor], torch.Tensor]
+_LOSSES: dict[str, Callable[..., LossFn]] = {}
+
+
+def register_loss(name: str) -> Callable[[Callable[..., LossFn]], Callable[..., LossFn]]:
+    """Register a factory of a loss term under ``name`` (its keyword arguments: the options)."""
+
+    def decorator(factory: Callable[..., LossFn]) -> Callable[..., LossFn]:
+        if name in _LOSSES:
+            raise ValueError(f"loss {name!r} registered twice")
+        _LOSSES[name] = factory
+        return factory
+
+    return decorator
+
+
+def loss_names() -> tuple[str, ...]:
+    """The registered loss names, in registration order."""
+    return tuple(_LOSSES)
+
+
+def check_loss_name(name: str) -> str:
+    """``name`` if it is a registered loss; else a one-line usage error listing the known."""
+    if name not in _LOSSES:
+        raise UsageError(f"unknown loss {name!r}; known: {', '.join(_LOSSES)}")
+    return name
+
+
+def build_loss(name: str, **options: object) -> LossFn:
+    """The loss term ``name``, a function of (prediction, sharp batch).
+
+    Each term takes the options it declares and ignores the rest, so one call site can pass
+    everything any term might need (the VGG network, its layer, whether the model has edges).
+    """
+    factory = _LOSSES[check_loss_name(name)]
+    wanted = inspect.signature(factory).parameters
+    return factory(**{k: v for k, v in options.items() if k in wanted})
+
+
+def _pixel_term(name: str) -> Callable[[], LossFn]:
+    def factory() -> LossFn:
+        fn = PIXEL_LOSSES[name]  # looked up when built: the table stays the one to change
+        return lambda pred, sharp: fn(pred.restored, sharp)
+
+    return factory
+
+
+for _name in PIXEL_LOSSES:
+    register_loss(_name)(_pixel_term(_name))
+
+
+@register_loss("perceptual")
+def _perceptual(*, vgg: VGGFeatures, layer: str) -> LossFn:
+    module = PerceptualLoss(vgg, layer)
+    return lambda pred, sharp: module(pred.restored, sharp)
+
+
+@register_loss("edge_bce")
+def _edge_bce(*, has_edges: bool, arch: str) -> LossFn:
+    if not has_edges:
+        raise UsageError(f"edge_bce needs an edge branch; {arch} has none", option="loss")
+
+    def loss(pred: Prediction, sharp: torch.Tensor) -> torch.Tensor:
+        assert pred.edges is not None and pred.side_edges is not None
+        return edge_loss(pred.edges, pred.side_edges, canny_edges(sharp))
+
+    return loss

@@ -3,7 +3,13 @@
 A :class:`Recipe` names its loss terms and weights, the optimiser, learning rate, weight
 decay, schedule, gradient clipping, optional adversarial settings and optional stages.
 Every field can be overridden from the CLI (``--loss``, ``--lr``, ...) with
-:func:`override`. Each architecture's ``ArchSpec.recipe`` names its recipe here.
+:func:`override`.
+
+Which architecture trains with which recipe is training's business, not the architecture's:
+:data:`RECIPES` is keyed by the architecture names of the registry (each arch's own seed
+recipe), :func:`recipe_for_arch` checks the name against the registry first, and a test keeps
+the keys equal to ``list_archs()``. An adversarial recipe names its discriminator, a registry
+entry of its own (``deblurcli.archs.register_discriminator``).
 """
 
 from __future__ import annotations
@@ -11,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from deblurcli.errors import UsageError
+from deblurcli.training.losses import check_loss_name
 
-# Pixel/feature losses the trainer knows (see deblurcli.training.losses).
-LOSS_NAMES = ("l1", "mse", "charbonnier", "psnr", "fft", "fft_amp", "perceptual", "edge_bce")
 _ALIASES = {"mae": "l1", "l2": "mse", "vgg": "perceptual", "edge": "edge_bce"}
 _ALIASES |= {"frequency": "fft", "fft_amplitude": "fft_amp"}
 SCHEDULES = ("constant", "cosine", "linear")
@@ -31,13 +36,14 @@ class LossTerm:
 
 @dataclass(frozen=True)
 class Adversarial:
-    """Adversarial training against the arch's registered critic/discriminator.
+    """Adversarial training against ``critic``, a registered discriminator's name.
 
     ``kind`` is ``wgan-gp`` (critic scores, gradient penalty ``gp_weight``, ``n_critic``
     critic updates per generator step) or ``gan`` (non-saturating BCE on logits).
     """
 
     kind: str
+    critic: str
     weight: float
     lr: float
     betas: tuple[float, float] = (0.5, 0.999)
@@ -96,7 +102,9 @@ RECIPES: dict[str, Recipe] = {
         lr=1e-4,
         betas=(0.5, 0.999),
         schedule="linear",
-        adversarial=Adversarial(kind="wgan-gp", weight=1.0, lr=1e-4, gp_weight=10.0, n_critic=5),
+        adversarial=Adversarial(
+            kind="wgan-gp", critic="patchgan", weight=1.0, lr=1e-4, gp_weight=10.0, n_critic=5
+        ),
         perceptual_fallback="l1",
         notes="seed 002: VGG19 conv3_3 content (L1 if no weights) ×100 + WGAN-GP λ=10, n_critic=5",
     ),
@@ -105,7 +113,7 @@ RECIPES: dict[str, Recipe] = {
         losses=(LossTerm("mse", 1.0),),
         lr=1e-4,
         betas=(0.5, 0.999),
-        adversarial=Adversarial(kind="gan", weight=1e-3, lr=1e-4),
+        adversarial=Adversarial(kind="gan", critic="dcgan", weight=1e-3, lr=1e-4),
         notes="seed 000: MSE reconstruction + 1e-3 adversarial loss from its discriminator",
     ),
     "edgenet": Recipe(
@@ -138,10 +146,14 @@ def get_recipe(name: str) -> Recipe:
 
 
 def recipe_for_arch(arch: str) -> Recipe:
-    """The recipe named by ``arch``'s ArchSpec."""
+    """The recipe ``arch`` trains with by default (an unknown arch is a one-line error)."""
     from deblurcli.archs import get_spec
 
-    return get_recipe(get_spec(arch).recipe or arch)
+    get_spec(arch)  # the registry decides which names are architectures
+    try:
+        return RECIPES[arch]
+    except KeyError:
+        raise UsageError(f"{arch} has no training recipe yet") from None
 
 
 def parse_losses(text: str) -> tuple[LossTerm, ...]:
@@ -153,17 +165,17 @@ def parse_losses(text: str) -> tuple[LossTerm, ...]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, _, weight = part.partition(":")
         name, _, layer = name.partition("@")
-        name = _ALIASES.get(name.lower(), name.lower())
-        if name not in LOSS_NAMES:
-            raise UsageError(f"unknown loss {name!r} in --loss; known: {', '.join(LOSS_NAMES)}")
+        name = check_loss_name(_ALIASES.get(name.lower(), name.lower()))
         try:
             w = float(weight) if weight else 1.0
         except ValueError:
-            raise UsageError(f"--loss: weight of {name} is not a number: {weight!r}") from None
+            raise UsageError(
+                f"weight of {name} is not a number: {weight!r}", option="loss"
+            ) from None
         default_layer = "conv4_4" if name == "perceptual" else None
         terms.append(LossTerm(name, w, layer or default_layer))
     if not terms:
-        raise UsageError("--loss is empty")
+        raise UsageError("is empty", option="loss")
     return tuple(terms)
 
 
@@ -185,7 +197,7 @@ def override(
         changes["losses"] = parse_losses(loss)
     if lr is not None:
         if lr <= 0:
-            raise UsageError("--lr must be positive")
+            raise UsageError("must be positive", option="lr")
         changes["lr"] = lr
     if weight_decay is not None:
         changes["weight_decay"] = weight_decay
@@ -195,7 +207,7 @@ def override(
         changes["schedule"] = schedule
     if warmup is not None:
         if warmup < 0:
-            raise UsageError("--warmup must be 0 or more steps")
+            raise UsageError("must be 0 or more steps", option="warmup")
         changes["warmup_steps"] = warmup
     if grad_clip is not None:
         changes["grad_clip"] = grad_clip if grad_clip > 0 else None
@@ -203,7 +215,7 @@ def override(
         changes["adversarial"] = None
     elif n_critic is not None and recipe.adversarial is not None:
         if n_critic < 1:
-            raise UsageError("--n-critic must be at least 1")
+            raise UsageError("must be at least 1", option="n_critic")
         changes["adversarial"] = replace(recipe.adversarial, n_critic=n_critic)
     out = replace(recipe, **changes)
     if not out.losses and out.adversarial is None:
