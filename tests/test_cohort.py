@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from deblurcli import locks
 from deblurcli.errors import UsageError
 from deblurcli.imageio import ImageData, write_image
 from deblurcli.training.cohort import Cohort
-from deblurcli.training.trainer import TrainConfig
+from deblurcli.training.trainer import TrainConfig, train
 from deblurcli.weights import load_model
 from deblurcli.weights.bundle import read_bundle_index, unpack_bundle, write_bundle
 from tests.conftest import natural_image
@@ -81,6 +82,44 @@ def test_a_failing_member_is_dropped_and_the_others_go_on(tmp_path: Path) -> Non
     assert (tmp_path / "simplecnn" / "model.safetensors").is_file()
     rows = (tmp_path / "simplecnn" / "metrics.csv").read_text().splitlines()
     assert any(",val," in r for r in rows) and any(",train," in r for r in rows)
+
+
+@pytest.fixture
+def quick_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process probes need not wait the lock's grace period for a holder to exit."""
+    monkeypatch.setattr(locks, "WAIT_SECONDS", 0.1)
+
+
+def _lock_state(folder: Path) -> str:
+    try:
+        with locks.output_lock(folder, "probe"):
+            return "free"
+    except locks.FolderBusyError:
+        return "busy"
+
+
+def test_every_member_holds_its_run_folder(tmp_path: Path, quick_lock) -> None:
+    data = _photos(tmp_path / "photos")
+    one = tmp_path / "one"  # two members writing one folder: the second is refused
+    configs = {a: _config(a, tmp_path, data, out=one) for a in ("simplecnn", "transformnet")}
+    with pytest.raises(locks.FolderBusyError, match="another deblur train run"):
+        Cohort(configs, seconds=300, max_rounds=1).run()
+    assert _lock_state(one) == "free"  # and the first member let go of it
+
+    seen = []
+    cohort = Cohort(
+        {"simplecnn": _config("simplecnn", tmp_path, data)},
+        seconds=300,
+        max_rounds=2,
+        calibrate_s=0,
+        on_checkpoint=lambda c: seen.append(_lock_state(tmp_path / "simplecnn")),
+    )
+    cohort.trainers["simplecnn"].begin()  # as run() does; a deblur train there is refused
+    with pytest.raises(locks.FolderBusyError):
+        train(_config("simplecnn", tmp_path, data, steps=1))
+    result = cohort.run()  # begin() again while holding the lock: no deadlock
+    assert result.results["simplecnn"].step == 2 and seen == ["busy"]
+    assert _lock_state(tmp_path / "simplecnn") == "free"
 
 
 def test_bundle_round_trip_with_shards(tmp_path: Path) -> None:

@@ -129,3 +129,78 @@ def test_cli_rejects_negative_warmup(tmp_path: Path) -> None:
         app, ["train", "--arch", "transformnet", "--data", str(tmp_path), "--warmup", "-3"]
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ the loss registry
+def test_registry_lists_every_term_parse_losses_accepts() -> None:
+    names = L.loss_names()
+    assert set(L.PIXEL_LOSSES) < set(names) and {"perceptual", "edge_bce"} < set(names)
+    for name in names:
+        assert [t.name for t in parse_losses(name)] == [name]
+    with pytest.raises(UsageError, match="unknown loss 'fourier'; known: l1, mse") as info:
+        L.build_loss("fourier")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(L.PIXEL_LOSSES))
+def test_built_pixel_terms_match_the_functions(name: str) -> None:
+    pred, target = _pair(3)
+    term = L.build_loss(name, vgg=None, layer=None, arch="x", has_edges=False)  # extras ignored
+    assert torch.equal(term(L.Prediction(pred), target), L.PIXEL_LOSSES[name](pred, target))
+
+
+def test_built_perceptual_and_edge_terms() -> None:
+    from deblurcli.training.vgg import VGGFeatures
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    layers = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    vgg = VGGFeatures(layers.append(nn.ReLU()), ["conv1_2"])  # VGG19's first block, random
+    pred, target = _pair(4)
+    term = L.build_loss("perceptual", vgg=vgg, layer="conv1_2")
+    want = L.PerceptualLoss(vgg, "conv1_2")(pred, target)
+    assert torch.equal(term(L.Prediction(pred), target), want)
+
+    edges = torch.randn(3, 1, 16, 20)
+    sides = [torch.randn(3, 1, 16, 20), torch.randn(3, 1, 16, 20)]
+    term = L.build_loss("edge_bce", arch="edgenet", has_edges=True, layer=None)
+    got = term(L.Prediction(pred, edges, sides), target)
+    assert torch.equal(got, L.edge_loss(edges, sides, L.canny_edges(target)))
+    with pytest.raises(UsageError) as info:
+        L.build_loss("edge_bce", arch="transformnet", has_edges=False)
+    assert str(info.value) == "loss edge_bce needs an edge branch; transformnet has none"
+    assert info.value.for_cli().startswith("--loss edge_bce needs an edge branch")
+
+
+def test_a_registered_loss_trains_by_name(tmp_path: Path, monkeypatch) -> None:
+    from deblurcli.training import TrainConfig, train
+
+    calls = []
+
+    def tv_factory() -> L.LossFn:  # total variation of the output: a loss new to the trainer
+        def loss(pred: L.Prediction, sharp: torch.Tensor) -> torch.Tensor:
+            calls.append(pred.restored.shape)
+            return (pred.restored[..., 1:] - pred.restored[..., :-1]).abs().mean()
+
+        return loss
+
+    monkeypatch.setitem(L._LOSSES, "tv", tv_factory)
+    with pytest.raises(ValueError, match="registered twice"):
+        L.register_loss("tv")(tv_factory)
+    run = tmp_path / "run"
+    config = TrainConfig(
+        arch="transformnet",
+        out=run,
+        data=_photos(tmp_path / "train", 2),
+        degrade="gaussian",
+        loss="mse,tv:0.5",
+        width="tiny",
+        patch_size=32,
+        batch_size=2,
+        steps=2,
+        log_every=1,
+        device="cpu",
+    )
+    result = train(config)
+    assert result.step == 2 and len(calls) == 2 and calls[0][0] == 2
+    assert "tv=" in (run / "metrics.csv").read_text()

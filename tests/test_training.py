@@ -118,6 +118,43 @@ def test_every_arch_names_a_recipe() -> None:
     assert terms[1].layer == "conv3_3" and terms[1].weight == 0.1
 
 
+@pytest.mark.parametrize(
+    ("changes", "message", "flag"),
+    [
+        ({"lr": -1.0}, "lr must be a finite number > 0, got -1.0", "--lr "),
+        ({"val_every": 0}, "val_every must be >= 1, got 0", "--val-every "),
+        ({"width": "huge"}, "width must be 'default' or 'tiny', not 'huge'", "--width "),
+        ({"warmup": -1}, "warmup must be 0 or more steps", "--warmup "),
+        ({"arch": "deblurgan", "n_critic": 0}, "n_critic must be at least 1", "--n-critic "),
+        (
+            {"arch": "resnetencdec", "patch_size": 40},
+            "patch_size must be a multiple of 32 for resnetencdec (try 64)",
+            "--patch-size ",
+        ),
+    ],
+)
+def test_library_errors_name_the_option_not_the_flag(pairs, tmp_path, changes, message, flag):
+    config = _config(changes.pop("arch", "transformnet"), pairs, tmp_path / "run", **changes)
+    with pytest.raises(UsageError) as info:
+        Trainer(config)
+    assert str(info.value) == message  # what a library caller reads
+    assert info.value.for_cli() == flag + message.split(" ", 1)[1]  # what the CLI prints
+
+
+def test_training_state_keeps_its_layout(pairs: Path, tmp_path: Path) -> None:
+    # Runs written before the split must resume: these keys are the file's format.
+    run = tmp_path / "run"
+    train(_config("skipae", pairs, run, steps=2))
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert list(state) == [
+        "step", "model", "optimizer", "scheduler", "scaler", "critic", "critic_optimizer",
+        "rng", "best_psnr", "config", "init",
+    ]  # fmt: skip
+    assert state["step"] == 2 and state["init"] is None and len(state["rng"]) == 1
+    assert set(state["rng"][0]) == {"torch", "cuda", "python"}
+    assert json.loads(state["config"])["arch"] == "skipae" and state["critic"] is not None
+
+
 def _train_losses(run: Path) -> dict[int, str]:
     rows = [r.split(",") for r in (run / "metrics.csv").read_text().splitlines()[1:]]
     return {int(r[0]): r[3] for r in rows if r[1] == "train"}
