@@ -371,69 +371,114 @@ def evaluate(
     ``result.problems``; only a dataset with no pairs at all raises.
     """
     options = options or EvalOptions()
-    if options.crop_border < 0:
-        raise UsageError("--crop-border must be >= 0")
-    if options.precision.lower() not in PRECISIONS:  # checked even when only baselines run
-        raise UsageError(f"unknown precision {options.precision!r}; use {', '.join(PRECISIONS)}")
+    _check_options(options)
     set_threads(options.threads)
     scan: PairScan = find_pairs(data, sharp=sharp, blurred=blurred)
     pairs = scan.pairs[: options.limit] if options.limit else scan.pairs
     device = pick_device(options.device or "auto")
     notes: list[str] = []
     candidates = resolve_candidates(models, options, device, notes)
-    families = read_families(scan.dataset_root)
     needs_kernel = any(c.non_blind for c in candidates)
     kernels = _kernel_loader(scan.dataset_root if needs_kernel else None)
     _tune(candidates, pairs, options, kernels)
-    score = _Scorer(options, device)
+    run = _ScoringRun(
+        candidates,
+        _Scorer(options, device),
+        read_families(scan.dataset_root),
+        kernels,
+        time_first=len(pairs) == 1,
+    )
+    problems = [*scan.problems, *run.score_pairs(pairs, options, progress)]
+    source = str(data) if data is not None else {"sharp": str(sharp), "blurred": str(blurred)}
+    settings = _settings(source, scan, run.images, options, device)
+    notes += _no_kernel_notes(candidates, run.images)
+    rows = summarize(run.images, candidates)
+    return EvalResult(rows, run.images, problems, settings, run.samples, notes)
 
-    problems = list(scan.problems)
-    images: list[ImageScore] = []
-    samples: list[SampleImages] = []
-    keep = _sample_indices(len(pairs), options.sample)
-    want_sample = False  # a sampled pair that could not be read passes its turn to the next one
-    for index, pair in enumerate(pairs):
-        if progress:
-            progress(index, len(pairs), pair.name)
-        want_sample |= index in keep
-        try:
-            loaded = _load_pair(pair, options)
-        except DeblurError as exc:
-            problems.append(str(exc))
-            continue
-        warm_up = not images  # the first scored image pays for warm-up
-        family = families.get(pair.name)
-        base_p, base_s = score(loaded.blurred, loaded.sharp, loaded.gray)
-        images.append(ImageScore(pair.name, family, INPUT_KEY, base_p, base_s, 0.0, 0.0))
-        kernel = kernels(pair.name) if needs_kernel else None
-        sample = None
-        if want_sample:
+
+def _check_options(options: EvalOptions) -> None:
+    if options.crop_border < 0:
+        raise UsageError("must be >= 0", option="crop_border")
+    if options.precision.lower() not in PRECISIONS:  # checked even when only baselines run
+        raise UsageError(f"unknown precision {options.precision!r}; use {', '.join(PRECISIONS)}")
+
+
+@dataclass
+class _ScoringRun:
+    """Scores pairs one at a time against every candidate, keeping scores and samples."""
+
+    candidates: list[Candidate]
+    score: _Scorer
+    families: dict[str, str]
+    kernels: Callable[[str], np.ndarray | None]
+    time_first: bool  # time the first pair too, though it pays for warm-up (a lone pair)
+    images: list[ImageScore] = field(default_factory=list)
+    samples: list[SampleImages] = field(default_factory=list)
+
+    def score_pairs(
+        self,
+        pairs: Sequence[Pair],
+        options: EvalOptions,
+        progress: Callable[[int, int, str], None] | None,
+    ) -> list[str]:
+        """Score every pair that loads; returns the problems of those that do not."""
+        problems: list[str] = []
+        keep = _sample_indices(len(pairs), options.sample)
+        want_sample = False  # a sampled pair that could not be read passes its turn on
+        for index, pair in enumerate(pairs):
+            if progress:
+                progress(index, len(pairs), pair.name)
+            want_sample |= index in keep
+            try:
+                loaded = _load_pair(pair, options)
+            except DeblurError as exc:
+                problems.append(str(exc))
+                continue
+            self.score_pair(loaded, keep_sample=want_sample)
             want_sample = False
-            sample = SampleImages(pair.name, _hwc(loaded.blurred), _hwc(loaded.sharp), {}, {})
-            sample.psnr[INPUT_KEY] = base_p
-        megapixels = loaded.blurred.shape[-2] * loaded.blurred.shape[-1] / 1e6
-        for c in candidates:
+        if progress:
+            progress(len(pairs), len(pairs), "")
+        return problems
+
+    def score_pair(self, loaded: _LoadedPair, *, keep_sample: bool) -> None:
+        name, blurred = loaded.pair.name, loaded.blurred
+        timed = bool(self.images) or self.time_first  # the first scored image warms up
+        family = self.families.get(name)
+        base_p, base_s = self.score(blurred, loaded.sharp, loaded.gray)
+        self.images.append(ImageScore(name, family, INPUT_KEY, base_p, base_s, 0.0, 0.0))
+        kernel = self.kernels(name)
+        sample = None
+        if keep_sample:
+            sample = SampleImages(name, _hwc(blurred), _hwc(loaded.sharp), {}, {INPUT_KEY: base_p})
+            self.samples.append(sample)
+        megapixels = blurred.shape[-2] * blurred.shape[-1] / 1e6
+        for c in self.candidates:
             start = time.perf_counter()
-            out = c.run(loaded.blurred, kernel)
+            out = c.run(blurred, kernel)
             c.kernels_used += int(c.non_blind and kernel is not None)
             seconds = time.perf_counter() - start
-            if not warm_up or len(pairs) == 1:
+            if timed:
                 c.seconds += seconds
                 c.megapixels += megapixels
-            p, s = score(out, loaded.sharp, loaded.gray)
-            images.append(
-                ImageScore(pair.name, family, c.key, p, s, p - base_p, s - base_s, seconds)
+            p, s = self.score(out, loaded.sharp, loaded.gray)
+            self.images.append(
+                ImageScore(name, family, c.key, p, s, p - base_p, s - base_s, seconds)
             )
             if sample is not None:
                 sample.outputs[c.key] = _hwc(out)
                 sample.psnr[c.key] = p
-        if sample is not None:
-            samples.append(sample)
-    if progress:
-        progress(len(pairs), len(pairs), "")
 
-    settings = {
-        "data": str(data) if data is not None else {"sharp": str(sharp), "blurred": str(blurred)},
+
+def _settings(
+    source: str | dict[str, str],
+    scan: PairScan,
+    images: list[ImageScore],
+    options: EvalOptions,
+    device: torch.device,
+) -> dict[str, Any]:
+    """What the run was: the ``settings`` of the JSON summary and the report."""
+    return {
+        "data": source,
         "pairs_found": len(scan.pairs),
         "pairs_scored": len({s.image for s in images}),
         "crop_border": options.crop_border,
@@ -443,13 +488,16 @@ def evaluate(
         "precision": options.precision,
         "metrics": "PSNR (dB) and SSIM (Gaussian window, sigma 1.5, data range 1), float64",
     }
-    rows = summarize(images, candidates)
-    notes += [
-        f"{row.key}: no true blur kernels in this dataset, so it returned the input"
-        for row in rows
-        if row.non_blind and row.images and row.note.startswith("true kernel known for 0 ")
+
+
+def _no_kernel_notes(candidates: list[Candidate], images: list[ImageScore]) -> list[str]:
+    """A note for each non-blind baseline that scored images but never had a true kernel."""
+    scored = {s.model for s in images}
+    return [
+        f"{c.key}: no true blur kernels in this dataset, so it returned the input"
+        for c in candidates
+        if c.non_blind and c.key in scored and c.kernels_used == 0
     ]
-    return EvalResult(rows, images, problems, settings, samples, notes)
 
 
 def _means(scores: list[ImageScore]) -> dict[str, float]:
