@@ -247,6 +247,9 @@ def test_two_folders_grayscale_and_limit(tmp_path: Path) -> None:
     assert rows["blurry"]["psnr"] == pytest.approx(expected, abs=1e-6)
     # no 'deblur blur' layout, so no kernels: the non-blind row says so and changes nothing
     assert rows["wiener"]["note"].startswith("true kernel known for 0 of 2")
+    assert summary["notes"] == [
+        "wiener: no true blur kernels in this dataset, so it returned the input"
+    ]
     assert rows["wiener"]["psnr"] == rows["blurry"]["psnr"]
 
 
