@@ -13,6 +13,10 @@ class DeblurError(Exception):
 
     exit_code: int = 1
 
+    def for_cli(self) -> str:
+        """The message as the command line prints it (a :class:`UsageError` names the flag)."""
+        return str(self)
+
 
 class UsageError(DeblurError):
     """The command was given arguments that cannot work together.
@@ -20,7 +24,9 @@ class UsageError(DeblurError):
     ``option`` names the offending parameter as the library spells it (``tile_overlap``);
     the message then reads as a sentence about it ("tile_overlap must be >= 0") for library
     callers, and the CLI names its flag instead (:meth:`for_cli`: "--tile-overlap must be
-    >= 0"). The library never spells a flag itself: it does not know which command it serves.
+    >= 0"). A message that names the option elsewhere than first marks the spot with
+    ``{option}`` ("unknown {option} 'x'"). The library never spells a flag itself: it does
+    not know which command it serves.
     """
 
     exit_code = 2
@@ -30,15 +36,19 @@ class UsageError(DeblurError):
         self.option = option
 
     def __str__(self) -> str:
-        message = str(self.args[0]) if self.args else ""
-        return f"{self.option} {message}" if self.option else message
+        return self._naming(self.option)
 
     def for_cli(self) -> str:
         """The message with ``option`` spelled as the command-line flag."""
+        return self._naming(f"--{self.option.replace('_', '-')}" if self.option else None)
+
+    def _naming(self, name: str | None) -> str:
         message = str(self.args[0]) if self.args else ""
-        if not self.option:
+        if not name:
             return message
-        return f"--{self.option.replace('_', '-')} {message}"
+        if "{option}" in message:
+            return message.replace("{option}", name)
+        return f"{name} {message}"
 
 
 class UnknownArchError(UsageError, KeyError):

@@ -67,6 +67,8 @@ def test_usage_error_names_the_parameter_in_the_library_and_the_flag_in_the_cli(
     assert str(error) == "tile_overlap must be >= 0"
     assert error.for_cli() == "--tile-overlap must be >= 0"
     assert UsageError("plain").for_cli() == "plain"
+    inside = UsageError("unknown {option} 'x'", option="degrade")
+    assert (str(inside), inside.for_cli()) == ("unknown degrade 'x'", "unknown --degrade 'x'")
 
     @friendly_errors
     def command(as_json: bool = False) -> None:

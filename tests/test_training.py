@@ -369,7 +369,7 @@ def test_degrade_on_the_fly(tmp_path: Path) -> None:
     result = train(cfg)
     assert result.step == 2 and result.best_psnr is not None
     bad = _config("transformnet", folder, tmp_path / "bad", degrade="sideways")
-    with pytest.raises(UsageError, match="unknown --degrade"):
+    with pytest.raises(UsageError, match="unknown degrade"):
         train(bad)
 
 

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from deblurcli.errors import DeblurError, UsageError
+from deblurcli.errors import DeblurError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -48,8 +48,7 @@ def friendly_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except DeblurError as exc:
-            message = exc.for_cli() if isinstance(exc, UsageError) else str(exc)
-            fail(message, exc.exit_code, as_json=as_json)
+            fail(exc.for_cli(), exc.exit_code, as_json=as_json)
         except KeyboardInterrupt:
             fail("interrupted", 130, as_json=as_json)
         except MemoryError:

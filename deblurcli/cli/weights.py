@@ -108,7 +108,7 @@ def download(
             typer.echo(f"{name}: {resolve_weights(name)}")
         except DeblurError as exc:
             failed += 1
-            err_console.print(f"[red]failed:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]failed:[/] {exc.for_cli()}", highlight=False, soft_wrap=True)
     if failed:
         fail(f"{failed} of {len(names)} downloads failed (see above)")
 

@@ -164,9 +164,14 @@ class PairDataset(Dataset):
         if degrade is not None:
             kinds = degradations.KINDS
             if degrade not in kinds:
-                raise UsageError(f"unknown --degrade {degrade!r}; choose from {', '.join(kinds)}")
+                raise UsageError(
+                    f"unknown {{option}} {degrade!r}; choose from {', '.join(kinds)}",
+                    option="degrade",
+                )
         if any(e.blurred is None for e in self.examples) and degrade is None:
-            raise UsageError("sharp-only images need --degrade KIND to synthesise the blur")
+            raise UsageError(
+                "sharp-only images need {option} KIND to synthesise the blur", option="degrade"
+            )
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -98,7 +98,7 @@ def find_pairs(
     """Discover pairs under ``root`` or in the explicit ``sharp``/``blurred`` folders."""
     if sharp is not None or blurred is not None:
         if sharp is None or blurred is None or root is not None:
-            raise UsageError("give either a dataset folder or both --sharp and --blurred")
+            raise UsageError("give either a dataset folder or both a sharp and a blurred folder")
         scan = match_folders(_existing_dir(sharp), _existing_dir(blurred))
     else:
         if root is None:

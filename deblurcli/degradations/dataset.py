@@ -68,11 +68,11 @@ class Geometry:
 
     def __post_init__(self) -> None:
         if self.resize is not None and self.crop is not None:
-            raise UsageError("use either --resize or --crop, not both")
+            raise UsageError("resize and crop exclude each other: use one of them")
         if self.resize is not None and min(self.resize) < 1:
-            raise UsageError("--resize needs a positive WxH")
+            raise UsageError("needs a positive WxH", option="resize")
         if self.crop is not None and self.crop < 1:
-            raise UsageError("--crop needs a positive size")
+            raise UsageError("needs a positive size", option="crop")
 
     @property
     def identity(self) -> bool:
@@ -197,9 +197,13 @@ def synthesize_dataset(
     """
     started = time.perf_counter()
     if kind not in KINDS:
-        raise UsageError(f"unknown --kind {kind!r}; choose from {', '.join(KINDS)}")
+        raise UsageError(
+            f"unknown {{option}} {kind!r}; choose from {', '.join(KINDS)}", option="kind"
+        )
     if fmt is not None and fmt not in FORMATS:
-        raise UsageError(f"unknown --format {fmt!r}; choose from {', '.join(FORMATS)}")
+        raise UsageError(
+            f"unknown {{option}} {fmt!r}; choose from {', '.join(FORMATS)}", option="format"
+        )
     if max_pixels is not None:
         set_max_image_pixels(max_pixels or None)
     options = options or DegradeOptions()
@@ -346,11 +350,11 @@ def _select(rels: list[str], shard: tuple[int, int] | None, limit: int | None) -
     if shard is not None:
         index, count = shard
         if not 0 <= index < count:
-            raise UsageError(f"--shard {index}/{count}: need 0 <= i < n")
+            raise UsageError(f"{index}/{count}: need 0 <= i < n", option="shard")
         rels = rels[index::count]
     if limit is not None:
         if limit < 0:
-            raise UsageError("--limit must be >= 0")
+            raise UsageError("must be >= 0", option="limit")
         rels = rels[:limit]
     return rels
 
@@ -381,7 +385,8 @@ def _check_settings(
         if record is not None and record.get("settings") != settings:
             raise UsageError(
                 f"{rel} in the output folder was made with other settings (kind/seed/ranges/"
-                "size); pass --overwrite to redo it or choose another output folder"
+                "size); pass {option} to redo it or choose another output folder",
+                option="overwrite",
             )
 
 

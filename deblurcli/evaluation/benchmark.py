@@ -142,7 +142,8 @@ def ensure_benchmark(photos: str | Path | None = None, cache: str | Path | None 
     except OSError as exc:
         raise UsageError(
             f"{root}: cannot create the benchmark cache there ({exc.strerror}); "
-            "use --benchmark-dir DIR or DEBLURCLI_CACHE"
+            "choose another {option} or set DEBLURCLI_CACHE",
+            option="benchmark_dir",
         ) from None
     try:
         with output_lock(tmp, "benchmark build"):  # marks it live for _remove_stale_builds

@@ -39,7 +39,9 @@ def prepare_report_dir(folder: str | Path) -> Path:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"--report {folder}: cannot create that folder ({exc.strerror})") from None
+        raise UsageError(
+            f"{folder}: cannot create that folder ({exc.strerror})", option="report"
+        ) from None
     return folder
 
 

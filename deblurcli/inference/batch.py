@@ -128,7 +128,7 @@ def resolve_model(
             kernel = load_kernel_file(kernel)
         return create_classical(value, kernel)
     if kernel is not None:
-        raise UsageError(f"--kernel is for --model {' or '.join(NEEDS_KERNEL)}")
+        raise UsageError(f"is for the {' and '.join(NEEDS_KERNEL)} models only", option="kernel")
     if is_onnx_path(value):
         return OnnxModel(value)  # type: ignore[arg-type]
     from deblurcli.weights.resolve import load_model
@@ -182,7 +182,9 @@ def plan_jobs(
     """Map inputs to output paths; returns (jobs sorted by source, problems)."""
     inputs = list(inputs)
     if fmt and output_format(Path("x"), fmt) not in _EXT_BY_FORMAT:
-        raise UsageError(f"unsupported --format {fmt!r}; use png, jpeg, tiff, webp or bmp")
+        raise UsageError(
+            f"unsupported {{option}} {fmt!r}; use png, jpeg, tiff, webp or bmp", option="format"
+        )
     out_dir = Path(output) if output is not None else None
     _check_suffix(suffix)
     sfx = suffix if suffix is not None else ("" if out_dir else DEFAULT_SUFFIX)
@@ -218,7 +220,8 @@ def _check_suffix(suffix: str | None) -> None:
     seps = {"/", os.sep, os.altsep or "/", "\0"}
     if any(ch in suffix for ch in seps) or ".." in suffix:
         raise UsageError(
-            f"--suffix {suffix!r}: a suffix is part of a file name; no path separators or '..'"
+            f"{suffix!r}: a suffix is part of a file name; no path separators or '..'",
+            option="suffix",
         )
 
 
@@ -379,7 +382,7 @@ def restore(
     set_threads(threads)
     if max_pixels is not None:
         if max_pixels < 0:
-            raise UsageError(f"--max-pixels must be >= 0 (0 = no limit), got {max_pixels}")
+            raise UsageError(f"must be >= 0 (0 = no limit), got {max_pixels}", option="max_pixels")
         set_max_image_pixels(max_pixels if max_pixels > 0 else None)
     rank, world = rank_and_world()
     jobs, problems = plan_jobs(inputs, output, suffix=suffix, fmt=fmt, recursive=recursive)

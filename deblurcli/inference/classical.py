@@ -152,14 +152,15 @@ def load_kernel_file(path: str | os.PathLike[str]) -> np.ndarray:
     try:
         kernel = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise UsageError(f"--kernel {path}: no such file") from None
+        raise UsageError(f"{path}: no such file", option="kernel") from None
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--kernel {path}: not a NumPy .npy array ({exc})") from None
+        raise UsageError(f"{path}: not a NumPy .npy array ({exc})", option="kernel") from None
     kernel = np.squeeze(np.asarray(kernel, np.float64))
     if kernel.ndim != 2 or not np.isfinite(kernel).all() or (kernel < 0).any() or kernel.sum() <= 0:
         raise UsageError(
-            f"--kernel {path}: expected a 2-D array of non-negative numbers with a positive "
-            f"sum, got shape {kernel.shape}"
+            f"{path}: expected a 2-D array of non-negative numbers with a positive "
+            f"sum, got shape {kernel.shape}",
+            option="kernel",
         )
     return (kernel / kernel.sum()).astype(np.float32)
 
@@ -169,10 +170,10 @@ def create_classical(name: str, kernel: np.ndarray | None = None) -> ClassicalMo
     if name not in CLASSICAL_MODELS:
         raise UsageError(f"unknown classical method {name!r}; use {', '.join(CLASSICAL_MODELS)}")
     if name in NEEDS_KERNEL and kernel is None:
-        raise UsageError(f"--model {name} needs --kernel K.npy (the blur kernel, e.g. from "
-                         "'deblur blur' OUT/kernels/)")  # fmt: skip
+        raise UsageError(f"{name} needs {{option}} K.npy (the blur kernel, e.g. from "
+                         "'deblur blur' OUT/kernels/)", option="kernel")  # fmt: skip
     if name not in NEEDS_KERNEL and kernel is not None:
-        raise UsageError(f"--kernel is for {' and '.join(NEEDS_KERNEL)}, not {name}")
+        raise UsageError(f"is for {' and '.join(NEEDS_KERNEL)}, not {name}", option="kernel")
     if name == "unsharp":
         params = dict(UNSHARP_DEFAULTS)
         method = functools.partial(unsharp_mask, **params)

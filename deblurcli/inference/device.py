@@ -72,7 +72,7 @@ def default_threads() -> int:
 def set_threads(threads: int | None = None) -> int:
     """Set torch's intra-op threads (None = :func:`default_threads`); returns the count set."""
     if threads is not None and threads < 1:
-        raise UsageError(f"--threads must be at least 1, not {threads}")
+        raise UsageError(f"must be at least 1, not {threads}", option="threads")
     count = threads or default_threads()
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
@@ -145,8 +145,9 @@ def resolve_precision(value: str, device: torch.device, model: nn.Module) -> tor
         return _auto_dtype(device, model)
     if value == "fp16" and device.type == "cpu":
         raise UsageError(
-            "--precision fp16 is not supported on the CPU (emulated, ~200x slower than fp32); "
-            "use auto, bf16 or fp32"
+            "fp16 is not supported on the CPU (emulated, ~200x slower than fp32); "
+            "use auto, bf16 or fp32",
+            option="precision",
         )
     flags = _spec_flags(model)
     if flags is not None and not flags[0 if value == "fp16" else 1]:

@@ -71,10 +71,10 @@ def parse_tile(value: int | str) -> int | str:
         if value == "auto":
             return value
         if not value.isdigit():
-            raise UsageError(f"--tile must be a number, 0 or 'auto', not {value!r}")
+            raise UsageError(f"must be a number, 0 or 'auto', not {value!r}", option="tile")
         value = int(value)
     if value < 0:
-        raise UsageError("--tile must be >= 0")
+        raise UsageError("must be >= 0", option="tile")
     return value
 
 
@@ -87,13 +87,15 @@ def check_tiling(model: nn.Module, tile: int | str, tile_overlap: int | None) ->
     """Refuse a tile below :func:`min_tile` or a negative overlap (:class:`UsageError`);
     returns a warning when the overlap is half the tile or more (most work is redone)."""
     if tile_overlap is not None and tile_overlap < 0:
-        raise UsageError(f"--tile-overlap must be >= 0, not {tile_overlap}")
+        raise UsageError(f"must be >= 0, not {tile_overlap}", option="tile_overlap")
     side = parse_tile(tile)
     if side == "auto" or side == 0:
         return None
     smallest = min_tile(model)
     if side < smallest:
-        raise UsageError(f"--tile {side} is too small for this model; use {smallest} or more")
+        raise UsageError(
+            f"{side} is too small for this model; use {smallest} or more", option="tile"
+        )
     overlap = default_overlap(model) if tile_overlap is None else tile_overlap
     if overlap and 2 * overlap >= side:
         multiple = size_multiple(model)
@@ -138,7 +140,7 @@ def restore_tensor(
         batch = batch.expand(-1, 3, -1, -1)
     multiple = size_multiple(model)
     if tile_overlap is not None and tile_overlap < 0:
-        raise UsageError(f"--tile-overlap must be >= 0, not {tile_overlap}")
+        raise UsageError(f"must be >= 0, not {tile_overlap}", option="tile_overlap")
     overlap = default_overlap(model) if tile_overlap is None else int(tile_overlap)
     overlap = -(-max(overlap, 0) // multiple) * multiple
     side = parse_tile(tile)

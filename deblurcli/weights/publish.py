@@ -189,7 +189,7 @@ def push_model(
 ) -> PushResult:
     """Upload a run's (or a file's) model, config.json and model card as one commit."""
     if not _REPO_ID.fullmatch(repo_id):
-        raise UsageError(f"--repo {repo_id!r}: expected owner/name")
+        raise UsageError(f"{repo_id!r}: expected owner/name", option="repo")
     checkpoint, run = find_checkpoint(source)
     arch = read_metadata(checkpoint)[ARCH_KEY]
     slug = re.sub(r"[^a-z0-9_-]+", "-", repo_id.split("/")[1].lower()).strip("-") or "hub"
