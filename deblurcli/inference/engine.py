@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -151,10 +152,9 @@ def restore_tensor(
     result = _whole_batches(runner, batch.float(), side, multiple, batch_size)
     if result is None:
         outputs = []
+        tiling = _Tiling(overlap, multiple, batch_size, norm_stats, progress)
         for img in batch.float():
-            out, side = _restore_with_retry(
-                runner, img, side, overlap, multiple, batch_size, norm_stats, progress
-            )
+            out, side = _restore_with_retry(runner, img, side, tiling)
             outputs.append(out)
         # One image (the common, and the big, case): no stacked copy.
         result = outputs[0][None] if len(outputs) == 1 else torch.stack(outputs)
@@ -187,23 +187,26 @@ def _whole_batches(
     return torch.cat(outs)
 
 
+@dataclass(frozen=True)
+class _Tiling:
+    """How one image is cut and run, apart from the tile side (which retries may halve)."""
+
+    overlap: int
+    multiple: int
+    batch_size: int
+    norm_stats: bool
+    progress: Progress | None
+
+
 def _restore_with_retry(
-    runner: _Runner,
-    img: torch.Tensor,
-    side: int,
-    overlap: int,
-    multiple: int,
-    batch_size: int,
-    norm_stats: bool,
-    progress: Progress | None,
+    runner: _Runner, img: torch.Tensor, side: int, tiling: _Tiling
 ) -> tuple[torch.Tensor, int]:
     """Restore one C×H×W image, halving the tile on CUDA out-of-memory errors."""
+    overlap, multiple = tiling.overlap, tiling.multiple
     floor = -(-max(MIN_TILE // 2, overlap + multiple) // multiple) * multiple
     while True:
         try:
-            out = _restore_one(
-                runner, img, side, overlap, multiple, batch_size, norm_stats, progress
-            )
+            out = _restore_one(runner, img, side, tiling)
             return out, side
         except RuntimeError as exc:
             if not _is_oom(exc):
@@ -221,16 +224,9 @@ def _restore_with_retry(
             side = smaller
 
 
-def _restore_one(
-    runner: _Runner,
-    img: torch.Tensor,
-    side: int,
-    overlap: int,
-    multiple: int,
-    batch_size: int,
-    norm_stats: bool,
-    progress: Progress | None,
-) -> torch.Tensor:
+def _restore_one(runner: _Runner, img: torch.Tensor, side: int, tiling: _Tiling) -> torch.Tensor:
+    overlap, multiple, batch_size = tiling.overlap, tiling.multiple, tiling.batch_size
+    progress = tiling.progress
     h, w = img.shape[-2:]
     # Overlap at most half the tile, so a small --tile never means one tile per stride.
     tiles = plan_tiles(h, w, side, min(overlap, side // 2 // multiple * multiple), multiple)
@@ -240,7 +236,7 @@ def _restore_one(
         if progress:
             progress(1, 1)
         return out
-    stats = InstanceNormStats(runner.model) if norm_stats else None
+    stats = InstanceNormStats(runner.model) if tiling.norm_stats else None
     n_passes = (len(stats.states) if stats else 0) + 1
     done, total = 0, len(tiles) * n_passes
 
