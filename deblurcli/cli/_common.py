@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, TypeVar
 
 import typer
@@ -19,6 +19,23 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 # Options every command gets: ``-h`` next to ``--help`` (inherited by subcommands).
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+# Shared by the commands that load a model file.
+ArchOption = typer.Option(
+    None, "--arch", help="Architecture of a checkpoint that does not name its own (a .pth file)."
+)
+
+
+def say(message: str, *, err: bool = False) -> None:
+    """Print one line (rich markup allowed) without highlighting or hard wraps: paths stay whole."""
+    (err_console if err else console).print(message, highlight=False, soft_wrap=True)
+
+
+def report_skipped(problems: Iterable[str]) -> None:
+    """One stderr line per input a command skipped (``PATH: why``)."""
+    for line in problems:
+        say(f"[yellow]skipped:[/] {line}", err=True)
 
 
 def fail(message: str, code: int = 1, *, as_json: bool = False) -> NoReturn:

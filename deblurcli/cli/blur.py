@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from deblurcli.cli._common import console, err_console, fail, friendly_errors
+from deblurcli.cli._common import err_console, fail, friendly_errors, say
 from deblurcli.degradations import (
     KINDS,
     BlurEvent,
@@ -184,12 +184,10 @@ def blur(
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
     else:
-        console.print(
+        say(
             f"{summary.written} written, {len(summary.skipped)} already done, "
             f"{len(summary.failed)} failed in {summary.seconds:.1f}s → {summary.out} "
-            f"(manifest {summary.manifest.name})",
-            highlight=False,
-            soft_wrap=True,
+            f"(manifest {summary.manifest.name})"
         )
     if summary.failed:
         fail(f"{len(summary.failed)} of {summary.total} images failed (listed above)", 1)
@@ -198,9 +196,7 @@ def blur(
 def _run_with_progress(source: Path, output: Path, kind: str, **kwargs: object) -> BlurSummary:
     def report_failure(event: BlurEvent) -> None:
         if event.status == "failed":
-            err_console.print(
-                f"[yellow]skipped:[/] {event.message}", highlight=False, soft_wrap=True
-            )
+            say(f"[yellow]skipped:[/] {event.message}", err=True)
 
     if not err_console.is_terminal:
         return synthesize_dataset(source, output, kind, progress=report_failure, **kwargs)

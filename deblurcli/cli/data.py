@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Column, Table
 
-from deblurcli.cli._common import console, err_console, friendly_errors
+from deblurcli.cli._common import console, friendly_errors, say
 from deblurcli.data import photo_pool
 
 app = typer.Typer(
@@ -53,11 +53,9 @@ def fetch(
         root, pool=pool, debs_dir=debs_dir, wheels_dir=wheels_dir, progress=_say
     )
     status = photo_pool.pool_status(root, pool=pool)
-    console.print(
+    say(
         f"{len(status)} photos in {folder / 'raw'} ({len(status) - before} fetched, "
-        f"{before} already there) in {time.perf_counter() - start:.1f} s",
-        highlight=False,
-        soft_wrap=True,
+        f"{before} already there) in {time.perf_counter() - start:.1f} s"
     )
 
 
@@ -72,11 +70,9 @@ def prepare(
     start = time.perf_counter()
     folder = photo_pool.prepare(root, pool=pool, force=force)
     counts = {s: len(list((folder / s).glob("*.png"))) for s in photo_pool.SPLITS}
-    console.print(
+    say(
         f"{counts['train']} train and {counts['val']} val photos in {folder} "
-        f"({time.perf_counter() - start:.1f} s)",
-        highlight=False,
-        soft_wrap=True,
+        f"({time.perf_counter() - start:.1f} s)"
     )
 
 
@@ -88,11 +84,9 @@ def pack(
 ) -> None:
     """Copy the prepared photos as lossless WebP (same pixels, smaller) to carry elsewhere."""
     sizes = photo_pool.pack(dest, root)
-    console.print(
+    say(
         f"packed into {dest}: "
-        + ", ".join(f"{split} {size / 1e6:.1f} MB" for split, size in sizes.items()),
-        highlight=False,
-        soft_wrap=True,
+        + ", ".join(f"{split} {size / 1e6:.1f} MB" for split, size in sizes.items())
     )
 
 
@@ -118,11 +112,7 @@ def list_photos(
         )
     console.print(table)
     fetched, prepared = sum(s.fetched for s in status), sum(s.prepared for s in status)
-    console.print(
-        f"{len(status)} photos, {fetched} fetched, {prepared} prepared",
-        highlight=False,
-        soft_wrap=True,
-    )
+    say(f"{len(status)} photos, {fetched} fetched, {prepared} prepared")
 
 
 def _tick(value: bool) -> str:
@@ -130,4 +120,4 @@ def _tick(value: bool) -> str:
 
 
 def _say(line: str) -> None:
-    err_console.print(f"fetching {line}", highlight=False, soft_wrap=True)
+    say(f"fetching {line}", err=True)

@@ -9,7 +9,15 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from deblurcli.cli._common import console, err_console, friendly_errors, is_tty
+from deblurcli.cli._common import (
+    ArchOption,
+    console,
+    err_console,
+    friendly_errors,
+    is_tty,
+    report_skipped,
+    say,
+)
 from deblurcli.errors import UsageError
 from deblurcli.evaluation import EvalOptions, EvalResult
 from deblurcli.evaluation import evaluate as run_evaluation
@@ -72,11 +80,7 @@ def evaluate(
         help="Model to score: manifest name, checkpoint path, hf://..., 'all' (every "
         "pretrained model), or a baseline: identity, unsharp, wiener. Repeat for one table.",
     ),
-    arch: str | None = typer.Option(
-        None,
-        "--arch",
-        help="Architecture of a checkpoint that does not name its own (a .pth file).",
-    ),
+    arch: str | None = ArchOption,
     data: Path | None = typer.Option(
         None, "--data", help="Pairs: a 'deblur blur' output folder or a GoPro-style tree."
     ),
@@ -173,9 +177,8 @@ def evaluate(
         if report is not None:
             console.print(f"report written to {report}")
     for line in result.notes:
-        err_console.print(f"[yellow]warning:[/] {line}", highlight=False, soft_wrap=True)
-    for line in result.problems:
-        err_console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+        say(f"[yellow]warning:[/] {line}", err=True)
+    report_skipped(result.problems)
     if result.problems:
         err_console.print(
             f"[bold red]error:[/] {len(result.problems)} bad pair(s) skipped", highlight=False

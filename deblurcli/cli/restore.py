@@ -17,7 +17,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from deblurcli.cli._common import console, err_console, friendly_errors, is_tty
+from deblurcli.cli._common import ArchOption, err_console, friendly_errors, is_tty, say
 from deblurcli.inference.batch import Job, Reporter, RestoreSummary
 from deblurcli.inference.batch import restore as restore_files
 from deblurcli.inference.engine import parse_tile
@@ -76,7 +76,7 @@ def _progress_bar(console: Console, enabled: bool) -> Progress:
 
 def _print_summary(summary: RestoreSummary) -> None:
     for path, reason in summary.failed:
-        err_console.print(f"[bold red]failed:[/] {path}: {reason}", highlight=False, soft_wrap=True)
+        say(f"[bold red]failed:[/] {path}: {reason}", err=True)
     rank = f"rank {summary.rank}/{summary.world_size}: " if summary.world_size > 1 else ""
     line = f"{rank}{len(summary.done)} done, {len(summary.skipped)} skipped, "
     line += f"{len(summary.failed)} failed"
@@ -89,7 +89,7 @@ def _print_summary(summary: RestoreSummary) -> None:
         line += f" with {summary.model} on {summary.device}, {summary.precision}"
     if summary.done or summary.skipped:
         line += f" → {summary.output or 'next to each input'}"
-    console.print(line, highlight=False, soft_wrap=True)
+    say(line)
 
 
 @friendly_errors
@@ -111,11 +111,7 @@ def restore(
         help="The blur kernel (.npy, e.g. from 'deblur blur' OUT/kernels/) for --model wiener "
         "or richardson-lucy.",
     ),
-    arch: str | None = typer.Option(
-        None,
-        "--arch",
-        help="Architecture of a checkpoint that does not name its own (a .pth file).",
-    ),
+    arch: str | None = ArchOption,
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Output folder (or file, for one input file)."
     ),

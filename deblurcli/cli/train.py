@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from deblurcli.cli._common import console, err_console, friendly_errors
+from deblurcli.cli._common import console, err_console, friendly_errors, report_skipped, say
 from deblurcli.errors import UsageError
 
 
@@ -154,30 +154,25 @@ def train(
 
     if int(os.environ.get("RANK", "0")) != 0:
         return
-    for line in result.problems:
-        err_console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
+    report_skipped(result.problems)
     if as_json:
         console.print_json(json.dumps(result.to_json()))
         return
     best = "n/a" if result.best_psnr is None else f"{result.best_psnr:.2f} dB"
     if result.new_steps == 0:
-        console.print(
+        say(
             f"{result.run_dir} already trained for {result.step}/{result.steps} steps "
             f"(best val PSNR {best}); pass a larger --steps with --resume to go on; "
-            f"model: {result.model_path}",
-            highlight=False,
-            soft_wrap=True,
+            f"model: {result.model_path}"
         )
         return
     start = f" from {result.init['model']}" if result.init else ""
     if result.best_psnr is not None and result.blurry_psnr is not None:
         best += f" (blurry input {result.blurry_psnr:.2f} dB on the same pairs)"
-    console.print(
+    say(
         f"trained {result.arch}{start} for {result.step}/{result.steps} steps: "
         f"loss {result.last_loss:.4g}, "
         f"best val PSNR {best}, {result.patches_per_s:.1f} patches/s "
         f"({result.precision}{', channels_last' if result.channels_last else ''}); "
-        f"model: {result.model_path}",
-        highlight=False,
-        soft_wrap=True,
+        f"model: {result.model_path}"
     )

@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from deblurcli.cli._common import console, err_console, fail, friendly_errors
+from deblurcli.cli._common import console, err_console, fail, friendly_errors, say
 from deblurcli.errors import DeblurError, UsageError, WeightsUnavailableError
 from deblurcli.weights.inventory import describe_pretrained, verify_local
 from deblurcli.weights.manifest import get_pretrained, list_pretrained, manifest_path
@@ -108,7 +108,7 @@ def download(
             typer.echo(f"{name}: {resolve_weights(name)}")
         except DeblurError as exc:
             failed += 1
-            err_console.print(f"[red]failed:[/] {exc.for_cli()}", highlight=False, soft_wrap=True)
+            say(f"[red]failed:[/] {exc.for_cli()}", err=True)
     if failed:
         fail(f"{failed} of {len(names)} downloads failed (see above)")
 
