@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+
+from deblurcli.archs import create, get_spec
+from deblurcli.weights import save_checkpoint
 
 torch.set_num_threads(2)
 
@@ -41,3 +46,11 @@ def hub(tmp_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def random_ckpt(tmp_path_factory) -> Path:
+    """A real tiny simplecnn checkpoint with random weights (seed 1), one per test module."""
+    torch.manual_seed(1)
+    model = create("simplecnn", **get_spec("simplecnn").tiny_config)
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "model.safetensors")

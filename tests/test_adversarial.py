@@ -20,19 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from conftest import natural_image
 from PIL import Image
 from test_photo_pool import sources  # noqa: F401  (the fake .deb/.whl photo sources fixture)
 from typer.testing import CliRunner
 
-from deblurcli.archs import create, get_spec
 from deblurcli.cli import app
 from deblurcli.errors import UsageError
 from deblurcli.imageio import ImageData, is_partial_file, looks_complete, write_image
 from deblurcli.inference.batch import restore
 from deblurcli.locks import FolderBusyError, output_lock
-from deblurcli.weights import save_checkpoint
 from tests._procs import alive, descendants
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,13 +122,6 @@ def _wait_gone(pids: set[int], seconds: float) -> set[int]:
     return left
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    model = create("simplecnn", **get_spec("simplecnn").tiny_config)
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "model.safetensors")
-
-
 @pytest.fixture
 def quick_lock(monkeypatch) -> None:
     """In-process probes need not wait the lock's grace period for a holder to exit."""
@@ -167,10 +157,10 @@ def _jpg_and_png(folder: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("overwrite", [True, False])
-def test_restore_never_writes_over_another_input(tmp_path, ckpt, overwrite):
+def test_restore_never_writes_over_another_input(tmp_path, random_ckpt, overwrite):
     jpg, png = _jpg_and_png(tmp_path / "d")
     before = png.read_bytes(), jpg.read_bytes()
-    args = ["restore", tmp_path / "d", "-o", tmp_path / "d", "--format", "png", "-m", ckpt]
+    args = ["restore", tmp_path / "d", "-o", tmp_path / "d", "--format", "png", "-m", random_ckpt]
     result = _invoke(*args, *(["--overwrite"] if overwrite else []), "--json")
     assert result.exit_code == 1
     assert (png.read_bytes(), jpg.read_bytes()) == before
@@ -180,19 +170,19 @@ def test_restore_never_writes_over_another_input(tmp_path, ckpt, overwrite):
     assert summary["done"] == [] and summary["skipped"] == []
 
 
-def test_restore_two_folders_into_one_keeps_its_input(tmp_path, ckpt):
+def test_restore_two_folders_into_one_keeps_its_input(tmp_path, random_ckpt):
     a, b = _png(tmp_path / "XA" / "x.png", seed=1), _png(tmp_path / "XB" / "x.png", seed=2)
     before = b.read_bytes()
-    result = _invoke("restore", a, b, "-o", tmp_path / "XB", "--overwrite", "-m", ckpt)
+    result = _invoke("restore", a, b, "-o", tmp_path / "XB", "--overwrite", "-m", random_ckpt)
     assert result.exit_code == 1 and b.read_bytes() == before
     assert "would overwrite the input" in result.stderr
 
 
-def test_restore_output_through_a_symlink_to_the_input_folder(tmp_path, ckpt):
+def test_restore_output_through_a_symlink_to_the_input_folder(tmp_path, random_ckpt):
     png = _png(tmp_path / "d" / "a.png")
     (tmp_path / "link").symlink_to(tmp_path / "d")
     before = png.read_bytes()
-    result = _invoke("restore", png, "-o", tmp_path / "link", "--overwrite", "-m", ckpt)
+    result = _invoke("restore", png, "-o", tmp_path / "link", "--overwrite", "-m", random_ckpt)
     assert result.exit_code == 1 and png.read_bytes() == before
 
 
@@ -257,10 +247,10 @@ def test_lock_kinds(tmp_path, quick_lock):
     assert not (tmp_path / "new").exists()  # a folder the lock made is removed while empty
 
 
-def test_restore_and_train_into_a_locked_folder(tmp_path, ckpt, quick_lock):
+def test_restore_and_train_into_a_locked_folder(tmp_path, random_ckpt, quick_lock):
     _png(tmp_path / "in" / "a.png")
     with output_lock(tmp_path / "out"):
-        result = _invoke("restore", tmp_path / "in", "-o", tmp_path / "out", "-m", ckpt)
+        result = _invoke("restore", tmp_path / "in", "-o", tmp_path / "out", "-m", random_ckpt)
         assert result.exit_code == 1 and "another deblur restore run" in result.stderr
         assert not (tmp_path / "out" / "a.png").exists()
     with output_lock(tmp_path / "run"):
@@ -372,12 +362,12 @@ def test_train_bad_numbers_are_one_line(tmp_path, option):
 
 
 @pytest.mark.parametrize("command", ["blur", "restore", "train"])
-def test_full_disk_is_one_line_without_partial_files(tmp_path, ckpt, command):
+def test_full_disk_is_one_line_without_partial_files(tmp_path, random_ckpt, command):
     """A full disk simulated with RLIMIT_FSIZE: works unprivileged, on every CI runner."""
     src, out = _photos(tmp_path / "src", 6, size=64), tmp_path / "out"
     args = {
         "blur": ["blur", src, "-o", out, "-j", "1", "--kind", "gaussian"],
-        "restore": ["restore", src, "-o", out, "-m", ckpt],
+        "restore": ["restore", src, "-o", out, "-m", random_ckpt],
         "train": [
             "train",
             "--arch",
@@ -406,6 +396,19 @@ def test_full_disk_is_one_line_without_partial_files(tmp_path, ckpt, command):
     assert not _partials(out)
 
 
+@contextlib.contextmanager
+def _mounted_tmpfs(folder: Path, options: str, why: str) -> Iterator[Path]:
+    """A real tmpfs mounted with ``options`` on ``folder`` for the block; skips if it cannot."""
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"{why}: {done.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path) -> Iterator[Path]:
     """A real 300 KiB tmpfs; only where the test may mount one (root, Linux)."""
@@ -413,14 +416,8 @@ def small_tmpfs(tmp_path) -> Iterator[Path]:
     mount.mkdir()
     if not IS_ROOT or not shutil.which("mount"):
         pytest.skip("mounting a tmpfs needs root; the RLIMIT_FSIZE probe covers a full disk")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with _mounted_tmpfs(mount, "size=300k", "cannot mount a tmpfs here"):
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_real_full_tmpfs_blur(tmp_path, small_tmpfs):
@@ -437,14 +434,8 @@ def readonly_dir(tmp_path) -> Iterator[Path]:
     folder = tmp_path / "ro"
     folder.mkdir()
     if IS_ROOT:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)],
-                              capture_output=True)  # fmt: skip
-        if done.returncode != 0:
-            pytest.skip(f"root ignores chmod and no read-only mount here: {done.stderr!r}")
-        try:
+        with _mounted_tmpfs(folder, "ro,size=64k", "root ignores chmod and no read-only mount"):
             yield folder
-        finally:
-            subprocess.run(["umount", "-l", str(folder)], check=False)
     else:
         folder.chmod(0o555)
         try:
@@ -454,12 +445,12 @@ def readonly_dir(tmp_path) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("command", ["blur", "restore"])
-def test_read_only_output(tmp_path, ckpt, readonly_dir, command):
+def test_read_only_output(tmp_path, random_ckpt, readonly_dir, command):
     src = _photos(tmp_path / "src", 2)
     if command == "blur":
         result = _invoke("blur", src, "-o", readonly_dir, "-j", "1")
     else:
-        result = _invoke("restore", src, "-o", readonly_dir, "-m", ckpt)
+        result = _invoke("restore", src, "-o", readonly_dir, "-m", random_ckpt)
     _assert_refused(result, (1, 2))
     assert "Read-only file system" in result.stderr or "Permission denied" in result.stderr
     assert list(readonly_dir.iterdir()) == []
@@ -482,11 +473,13 @@ def test_degrade_on_a_paired_folder_uses_sharp_images_only(tmp_path, layout):
 
 
 # ----------------------------------------- defect 6: unreadable subfolders are reported
-def test_restore_recursive_reports_an_unreadable_subfolder(tmp_path, ckpt, monkeypatch):
+def test_restore_recursive_reports_an_unreadable_subfolder(tmp_path, random_ckpt, monkeypatch):
     _png(tmp_path / "in" / "a.png")
     _png(tmp_path / "in" / "locked" / "b.png")
     with _unreadable(tmp_path / "in" / "locked", monkeypatch):
-        result = _invoke("restore", tmp_path / "in", "-r", "-o", tmp_path / "out", "-m", ckpt)
+        result = _invoke(
+            "restore", tmp_path / "in", "-r", "-o", tmp_path / "out", "-m", random_ckpt
+        )
     assert result.exit_code == 1
     assert "locked: cannot read this folder" in result.stderr
     assert (tmp_path / "out" / "a.png").is_file()
@@ -503,25 +496,25 @@ def test_blur_reports_an_unreadable_subfolder(tmp_path, monkeypatch):
 
 # ------------------------------------------------ defect 7: a suffix is a name part
 @pytest.mark.parametrize("suffix", ["/../../ESCAPE", "..", "a/b", "x..y", "sub\\..\\x"])
-def test_suffix_cannot_leave_the_folder(tmp_path, ckpt, suffix):
+def test_suffix_cannot_leave_the_folder(tmp_path, random_ckpt, suffix):
     png = _png(tmp_path / "d" / "x.png")
-    result = _invoke("restore", png, "--suffix", suffix, "-m", ckpt)
+    result = _invoke("restore", png, "--suffix", suffix, "-m", random_ckpt)
     _assert_refused(result, 2)
     assert "--suffix" in result.stderr
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["d", "x.png"]
 
 
 # -------------------------------------------- defect 8: junk outputs are redone on resume
-def test_restore_resume_redoes_junk_outputs_byte_identical(tmp_path, ckpt):
+def test_restore_resume_redoes_junk_outputs_byte_identical(tmp_path, random_ckpt):
     src = _photos(tmp_path / "src", 5)
     clean, out = tmp_path / "clean", tmp_path / "out"
-    assert _invoke("restore", src, "-o", clean, "-m", ckpt).exit_code == 0
+    assert _invoke("restore", src, "-o", clean, "-m", random_ckpt).exit_code == 0
     shutil.copytree(clean, out)
     (out / "p00.png").write_bytes(b"")  # empty
     (out / "p01.png").write_bytes((clean / "p01.png").read_bytes()[:-20])  # truncated
     (out / "p02.png").write_text("not an image")  # foreign
     (out / ".p00.png.abc123.part").write_bytes(b"half")  # a killed writer's temp file
-    result = _invoke("restore", src, "-o", out, "-m", ckpt, "--json")
+    result = _invoke("restore", src, "-o", out, "-m", random_ckpt, "--json")
     summary = json.loads(result.stdout)
     assert result.exit_code == 0
     assert len(summary["done"]) == 3 and len(summary["skipped"]) == 2
@@ -553,17 +546,17 @@ def test_looks_complete_tells_whole_from_junk(tmp_path):
 
 # ------------------------------------------------------- defect 9: negative limits refused
 @pytest.mark.parametrize("option", [["--max-pixels", "-1"], ["--tile-overlap", "-8"]])
-def test_negative_limits_are_refused(tmp_path, ckpt, option):
+def test_negative_limits_are_refused(tmp_path, random_ckpt, option):
     png = _png(tmp_path / "a.png")
-    result = _invoke("restore", png, "-o", tmp_path / "out", "-m", ckpt, *option)
+    result = _invoke("restore", png, "-o", tmp_path / "out", "-m", random_ckpt, *option)
     _assert_refused(result, 2)
     assert not (tmp_path / "out").exists()
 
 
-def test_negative_max_pixels_refused_by_the_api(tmp_path, ckpt):
+def test_negative_max_pixels_refused_by_the_api(tmp_path, random_ckpt):
     before = Image.MAX_IMAGE_PIXELS
     with pytest.raises(UsageError, match="max-pixels"):
-        restore(_png(tmp_path / "a.png"), ckpt, tmp_path / "out", max_pixels=-1)
+        restore(_png(tmp_path / "a.png"), random_ckpt, tmp_path / "out", max_pixels=-1)
     assert before == Image.MAX_IMAGE_PIXELS
 
 
@@ -609,13 +602,13 @@ def test_weights_verify_a_missing_name_exits_1(tmp_path, monkeypatch):
 
 # ------------------------------------- tampered weights: one line, nothing loaded
 @pytest.mark.parametrize("damage", ["truncate", "header", "empty", "pickle"])
-def test_tampered_checkpoint_is_one_line(tmp_path, ckpt, damage):
+def test_tampered_checkpoint_is_one_line(tmp_path, random_ckpt, damage):
     from deblurcli.errors import CheckpointError
     from deblurcli.weights import load_checkpoint
 
     png = _png(tmp_path / "a.png")
     bad = tmp_path / ("bad.pth" if damage == "pickle" else "bad.safetensors")
-    data = ckpt.read_bytes()
+    data = random_ckpt.read_bytes()
     marker = tmp_path / "pwned"
     bad.write_bytes(
         {
@@ -688,16 +681,16 @@ def test_unwritable_output_format_fails_before_the_model_loads(tmp_path):
 
 
 # ----------------------------------------- defect 15: a file named like an option
-def test_a_file_named_like_an_option(tmp_path, ckpt, monkeypatch):
+def test_a_file_named_like_an_option(tmp_path, random_ckpt, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _png(tmp_path / "-d.png")
-    result = _invoke("restore", "-d.png", "-m", ckpt)
+    result = _invoke("restore", "-d.png", "-m", random_ckpt)
     _assert_refused(result, 2)
     assert "./-d.png" in result.output and "--" in result.output
-    assert _invoke("restore", "./-d.png", "-m", ckpt).exit_code == 0
+    assert _invoke("restore", "./-d.png", "-m", random_ckpt).exit_code == 0
     assert (tmp_path / "-d_deblurred.png").is_file()
     (tmp_path / "-d_deblurred.png").unlink()
-    assert _invoke("restore", "-m", ckpt, "--", "-d.png").exit_code == 0
+    assert _invoke("restore", "-m", random_ckpt, "--", "-d.png").exit_code == 0
     assert (tmp_path / "-d_deblurred.png").is_file()
 
 
@@ -712,7 +705,7 @@ def test_a_file_named_like_an_option(tmp_path, ckpt, monkeypatch):
         ("bomb.png", "bomb"),
     ],  # fmt: skip
 )
-def test_bad_file_is_one_line_and_the_batch_goes_on(tmp_path, ckpt, name, data, monkeypatch):
+def test_bad_file_is_one_line_and_the_batch_goes_on(tmp_path, random_ckpt, name, data, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # --max-pixels sets it
     src = _photos(tmp_path / "src", 2)
     bad = src / name
@@ -726,7 +719,7 @@ def test_bad_file_is_one_line_and_the_batch_goes_on(tmp_path, ckpt, name, data, 
     else:
         bad.write_bytes(data)
     extra = ["--max-pixels", "1000000"] if data == "bomb" else []
-    result = _invoke("restore", src, "-o", tmp_path / "out", "-m", ckpt, "--json", *extra)
+    result = _invoke("restore", src, "-o", tmp_path / "out", "-m", random_ckpt, "--json", *extra)
     summary = json.loads(result.stdout)
     assert len(summary["done"]) == 2
     if data == "dir":  # a folder named like an image is just a folder (not recursed into)

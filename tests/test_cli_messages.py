@@ -14,13 +14,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from deblurcli import __version__
-from deblurcli.archs import create, default_parameter_count, get_spec, list_archs
+from deblurcli.archs import create, default_parameter_count, list_archs
 from deblurcli.cli import app
 from deblurcli.degradations import convolve, linear_motion_kernel
 from deblurcli.imageio import read_image
 from deblurcli.inference.classical import UNSHARP_DEFAULTS, unsharp_mask
 from deblurcli.metrics import psnr
-from deblurcli.weights import save_checkpoint
 from tests._loopback_hub import LoopbackHub
 from tests.conftest import natural_image
 
@@ -31,13 +30,6 @@ def _save(path: Path, img: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.rint(img * 255).astype(np.uint8)).save(path)
     return path
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create("simplecnn", **get_spec("simplecnn").tiny_config)
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "model.safetensors")
 
 
 # ---------------------------------------------------------------- version, help, exit codes
@@ -77,20 +69,20 @@ def test_usage_errors_exit_2_in_one_line(args, tmp_path, monkeypatch):
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error:")
 
 
-def test_runtime_failure_exits_1(tmp_path, ckpt):
+def test_runtime_failure_exits_1(tmp_path, random_ckpt):
     (tmp_path / "bad.png").write_bytes(b"not an image")
-    result = runner.invoke(app, ["restore", str(tmp_path / "bad.png"), "-m", str(ckpt)])
+    result = runner.invoke(app, ["restore", str(tmp_path / "bad.png"), "-m", str(random_ckpt)])
     assert result.exit_code == 1 and "bad.png" in result.stderr
 
 
 # ---------------------------------------------------------------- restore's output
-def test_restore_summary_json_and_finished_megapixels(tmp_path, ckpt):
+def test_restore_summary_json_and_finished_megapixels(tmp_path, random_ckpt):
     src, out = tmp_path / "in", tmp_path / "out"
     _save(src / "a.png", natural_image(64, 80))
     _save(src / "sub" / "b.png", natural_image(48, 48, seed=1))
     out.mkdir()
     (out / "sub").write_text("a file where the output folder 'sub' must go")
-    args = ["restore", str(src), "-r", "-m", str(ckpt), "-o", str(out), "--device", "cpu"]
+    args = ["restore", str(src), "-r", "-m", str(random_ckpt), "-o", str(out), "--device", "cpu"]
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 1
     summary = json.loads(result.stdout)
@@ -102,18 +94,20 @@ def test_restore_summary_json_and_finished_megapixels(tmp_path, ckpt):
 
     again = runner.invoke(app, args)  # a.png is skipped now; b.png fails again
     assert again.exit_code == 1
-    assert f"0 done, 1 skipped, 1 failed with {ckpt} on cpu, fp32 → {out}" in again.stdout
+    assert f"0 done, 1 skipped, 1 failed with {random_ckpt} on cpu, fp32 → {out}" in again.stdout
     skipped = json.loads(runner.invoke(app, [*args, "--json"]).stdout)["skipped"]
     assert skipped == [{"path": str(src / "a.png"), "output": str(out / "a.png")}]
 
 
-def test_restore_summary_names_folder_device_precision(tmp_path, ckpt):
+def test_restore_summary_names_folder_device_precision(tmp_path, random_ckpt):
     img = _save(tmp_path / "a.png", natural_image(64, 64))
-    result = runner.invoke(app, ["restore", str(img), "-m", str(ckpt), "-o", str(tmp_path / "o")])
+    result = runner.invoke(
+        app, ["restore", str(img), "-m", str(random_ckpt), "-o", str(tmp_path / "o")]
+    )
     assert result.exit_code == 0, result.output
     line = result.stdout.strip()
     assert line.startswith("1 done, 0 skipped, 0 failed; 0.00 MP in ")
-    assert line.endswith(f"with {ckpt} on cpu, fp32 → {tmp_path / 'o'}")
+    assert line.endswith(f"with {random_ckpt} on cpu, fp32 → {tmp_path / 'o'}")
 
 
 def test_fatal_error_with_json_is_json(tmp_path):
@@ -124,7 +118,7 @@ def test_fatal_error_with_json_is_json(tmp_path):
     assert "not a pretrained model" in payload["error"] and payload["exit_code"] == 2
 
 
-def test_skipped_is_a_list_in_every_json(tmp_path, ckpt):
+def test_skipped_is_a_list_in_every_json(tmp_path, random_ckpt):
     src = tmp_path / "photos"
     for i in range(2):
         _save(src / f"p{i}.png", natural_image(40, 40, seed=i))
@@ -134,16 +128,24 @@ def test_skipped_is_a_list_in_every_json(tmp_path, ckpt):
         {"path": "p0.png"},
         {"path": "p1.png"},
     ]
-    restore = ["restore", str(src / "p0.png"), "-m", str(ckpt), "-o", str(tmp_path / "r"), "--json"]
+    restore = [
+        "restore",
+        str(src / "p0.png"),
+        "-m",
+        str(random_ckpt),
+        "-o",
+        str(tmp_path / "r"),
+        "--json",
+    ]
     assert json.loads(runner.invoke(app, restore).stdout)["skipped"] == []
     ev = ["eval", "-m", "identity", "--data", str(tmp_path / "pairs"), "--json"]
     assert json.loads(runner.invoke(app, ev).stdout)["skipped"] == []
 
 
 # ---------------------------------------------------------------- tiles
-def test_tile_checks(tmp_path, ckpt):
+def test_tile_checks(tmp_path, random_ckpt):
     img = _save(tmp_path / "a.png", natural_image(96, 96))
-    base = ["restore", str(img), "-m", str(ckpt), "-o", str(tmp_path / "o")]
+    base = ["restore", str(img), "-m", str(random_ckpt), "-o", str(tmp_path / "o")]
     small = runner.invoke(app, [*base, "--tile", "32"])
     assert (
         small.exit_code == 2 and "--tile 32 is too small" in small.stderr and "64" in small.stderr
@@ -154,13 +156,13 @@ def test_tile_checks(tmp_path, ckpt):
     pairs = tmp_path / "pairs"
     _save(pairs / "sharp" / "a.png", natural_image(96, 96))
     _save(pairs / "blurred" / "a.png", natural_image(96, 96, seed=2))
-    ev = runner.invoke(app, ["eval", "-m", str(ckpt), "--data", str(pairs), "--tile", "32"])
+    ev = runner.invoke(app, ["eval", "-m", str(random_ckpt), "--data", str(pairs), "--tile", "32"])
     assert ev.exit_code == 2 and "--tile 32 is too small" in ev.stderr
 
 
-def test_large_overlap_warns_with_a_size(tmp_path, ckpt, caplog):
+def test_large_overlap_warns_with_a_size(tmp_path, random_ckpt, caplog):
     img = _save(tmp_path / "a.png", natural_image(96, 96))
-    args = ["restore", str(img), "-m", str(ckpt), "-o", str(tmp_path / "o")]
+    args = ["restore", str(img), "-m", str(random_ckpt), "-o", str(tmp_path / "o")]
     result = runner.invoke(app, [*args, "--tile", "64", "--tile-overlap", "32"])
     assert result.exit_code == 0, result.output
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
@@ -438,7 +440,7 @@ def test_train_warns_about_vgg_only_after_the_arguments_are_good(tmp_path, caplo
     assert not [r for r in caplog.records if "VGG" in r.getMessage()]
 
 
-def test_restore_progress_bar_shows_eta_and_mp_per_second(tmp_path, ckpt):
+def test_restore_progress_bar_shows_eta_and_mp_per_second(tmp_path, random_ckpt):
     import io
 
     from rich.console import Console
@@ -453,7 +455,7 @@ def test_restore_progress_bar_shows_eta_and_mp_per_second(tmp_path, ckpt):
     progress = restore_cli._progress_bar(console, enabled=True)
     reporter = restore_cli._RichReporter(progress)
     with progress:
-        summary = restore([tmp_path / "in"], ckpt, tmp_path / "out", reporter=reporter)
+        summary = restore([tmp_path / "in"], random_ckpt, tmp_path / "out", reporter=reporter)
         task = progress.tasks[reporter.images]
         assert task.completed == 3 and task.fields["rate"].endswith(" MP/s")
         progress.refresh()

@@ -45,13 +45,6 @@ def identity_ckpt(tmp_path_factory) -> Path:
     return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "identity.safetensors")
 
 
-@pytest.fixture(scope="module")
-def random_ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(1)
-    model = create("simplecnn", **get_spec("simplecnn").tiny_config)
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "model.safetensors")
-
-
 def _save(path: Path, arr: np.ndarray, **kw) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, **kw)
