@@ -555,7 +555,7 @@ def test_negative_limits_are_refused(tmp_path, random_ckpt, option):
 
 def test_negative_max_pixels_refused_by_the_api(tmp_path, random_ckpt):
     before = Image.MAX_IMAGE_PIXELS
-    with pytest.raises(UsageError, match="max-pixels"):
+    with pytest.raises(UsageError, match="max_pixels must be >= 0"):
         restore(_png(tmp_path / "a.png"), random_ckpt, tmp_path / "out", max_pixels=-1)
     assert before == Image.MAX_IMAGE_PIXELS
 
