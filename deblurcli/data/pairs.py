@@ -112,7 +112,8 @@ def find_pairs(
     if not scan.pairs:
         raise UsageError(
             f"no sharp/blurred pairs found ({len(scan.problems)} unmatched files); expected "
-            "DIR/sharp + DIR/blurred (deblur blur), --sharp/--blurred, or GoPro blur/ + sharp/"
+            "DIR/sharp + DIR/blurred (deblur blur), separate sharp and blurred folders, or GoPro "
+            "blur/ + sharp/"
         )
     return scan
 
