@@ -196,7 +196,10 @@ def blur(
 def _run_with_progress(source: Path, output: Path, kind: str, **kwargs: object) -> BlurSummary:
     def report_failure(event: BlurEvent) -> None:
         if event.status == "failed":
-            say(f"[yellow]skipped:[/] {event.message}", err=True)
+            # through the progress bar's console, so the line lands above the bar
+            err_console.print(
+                f"[yellow]skipped:[/] {event.message}", highlight=False, soft_wrap=True
+            )
 
     if not err_console.is_terminal:
         return synthesize_dataset(source, output, kind, progress=report_failure, **kwargs)
