@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 from deblurcli.archs import create, get_spec
 from deblurcli.weights import save_checkpoint
+from deblurcli.weights.manifest import toml_value
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO = "deblurcli-tests/tiny-weights"
@@ -34,29 +34,17 @@ def entry_for(name: str, data: bytes, file: str, **extra: Any) -> dict[str, Any]
     }
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a valid TOML basic string
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    raise TypeError(value)
-
-
 def write_manifest(
     path: Path, entries: list[dict[str, Any]], default: str | None = None, **top: Any
 ) -> Path:
     """Write a manifest TOML file with ``entries`` as [[model]] tables."""
     lines = [f"schema_version = {top.pop('schema_version', 1)}"]
-    lines += [f"{k} = {_toml(v)}" for k, v in top.items()]
+    lines += [f"{k} = {toml_value(v)}" for k, v in top.items()]
     if default is not None:
-        lines.append(f"default = {_toml(default)}")
+        lines.append(f"default = {toml_value(default)}")
     for e in entries:
         lines.append("\n[[model]]")
-        lines += [f"{k} = {_toml(v)}" for k, v in e.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in e.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path

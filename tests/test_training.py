@@ -295,10 +295,25 @@ def test_cli_resume_checks_the_arch_and_says_when_done(pairs: Path, tmp_path: Pa
     wrong = CliRunner().invoke(app, [*args, "--arch", "resnetencdec", "--resume"])
     assert wrong.exit_code == 2 and "resume it with --arch transformnet" in wrong.output
     assert len(wrong.output.strip().splitlines()) == 1
+    # The run folder keeps the result as --json prints it, for scripts to read.
+    result_file = tmp_path / "result.json"
+    written = json.loads(result_file.read_text())
+    assert written["step"] == 1 and written["arch"] == "transformnet"
+    assert written["model_path"] == str(tmp_path / "model.safetensors")
+    stamp = result_file.stat().st_mtime_ns
     # Resuming a finished run trains nothing and says so (no "loss nan").
+    again = CliRunner().invoke(app, [*args, "--arch", "transformnet", "--resume", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.output)["new_steps"] == 0
+    assert result_file.stat().st_mtime_ns == stamp  # nothing trained: left as it was
     again = CliRunner().invoke(app, [*args, "--arch", "transformnet", "--resume"])
     assert again.exit_code == 0, again.output
     assert "already trained for 1/1 steps" in again.output and "nan" not in again.output
+    # A resume that trains rewrites it.
+    more = [*args, "--steps", "2", "--arch", "transformnet", "--resume"]  # the last --steps
+    more = CliRunner().invoke(app, more)
+    assert more.exit_code == 0, more.output
+    assert json.loads(result_file.read_text())["step"] == 2
 
 
 def test_cli_bad_patch_size_is_one_line_error(pairs: Path, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import torch
 from _weights_helpers import COMMIT, REPO, entry_for, tiny_checkpoint, write_manifest
 
 from deblurcli import load_model
+from deblurcli._toml import tomllib
 from deblurcli.errors import (
     CheckpointError,
     ChecksumError,
@@ -28,7 +29,15 @@ from deblurcli.weights import (
     save_checkpoint,
     sha256_file,
 )
-from deblurcli.weights.manifest import MANIFEST_PATH
+from deblurcli.weights.manifest import (
+    MANIFEST_PATH,
+    entry_block,
+    entry_table,
+    format_manifest,
+    parse_manifest,
+    split_manifest_text,
+)
+from deblurcli.weights.manifest import write_manifest as write_manifest_file
 from deblurcli.weights.resolve import parse_hf_uri
 
 SHA = "ab" * 32
@@ -289,3 +298,88 @@ def test_checkpoint_must_match_the_entry_arch_and_config(tmp_path):
     wrong_cfg = entry_for("simplecnn", data, "w.safetensors", config={key: 3})
     with pytest.raises(CheckpointError, match=f"config differs .*{key}"):
         load_model("simplecnn", manifest=write_manifest(tmp_path / "b.toml", [wrong_cfg]))
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _shipped_tables() -> tuple[str, list[str], dict]:
+    text = MANIFEST_PATH.read_text(encoding="utf-8")
+    head, blocks = split_manifest_text(text)
+    return head, blocks, tomllib.loads(text)
+
+
+def test_writing_the_shipped_manifest_reproduces_it():
+    head, blocks, data = _shipped_tables()
+    assert len(blocks) == len(data["model"]) > 0
+    for block, table in zip(blocks, data["model"], strict=True):
+        assert entry_block(table).rstrip("\n") == block.rstrip("\n")
+    text = format_manifest(head, [entry_block(t) for t in data["model"]], data["default"])
+    assert text == MANIFEST_PATH.read_text(encoding="utf-8")
+
+
+def test_parsed_entries_write_back_to_equal_entries():
+    head, _, data = _shipped_tables()
+    parsed = parse_manifest(data, MANIFEST_PATH)
+    blocks = [entry_block(entry_table(e)) for e in parsed.entries]
+    again = parse_manifest(
+        tomllib.loads(format_manifest(head, blocks, parsed.default)), MANIFEST_PATH
+    )
+    assert again == parsed
+    # Every kind of key, zero and false values included, survives the trip too.
+    odd = _entry(
+        name="simplecnn.x", default=True, config={"widths": [8] * 6}, hub_repo=REPO,
+        revision=COMMIT, cpu_bf16=False, cpu_bf16_psnr_delta=0.0, scores={"psnr": 0.0},
+        description='quotes " and ×',
+    )  # fmt: skip
+    one = parse_manifest(tomllib.loads("schema_version = 1\n" + entry_block(odd)), MANIFEST_PATH)
+    text = "schema_version = 1\n" + entry_block(entry_table(one.entries[0]))
+    assert parse_manifest(tomllib.loads(text), MANIFEST_PATH) == one
+    assert one.entries[0].cpu_bf16_psnr_delta == 0.0 and one.entries[0].cpu_bf16 is False
+
+
+def _written_entry(name: str, sha: str = "0" * 64) -> dict:
+    return {
+        "name": name,
+        "arch": name,
+        "file": f"{name}.safetensors",
+        "sha256": sha,
+        "size": 10,
+        "license": "GPL-2+",
+        "config": {"width": 8} if name == "skipae" else {"widths": [8] * 6},
+        "recipe": "deblur train --config 'widths=[8]' \"quoted\" ×",
+        "scores": {"psnr": 30.5},
+    }
+
+
+def _empty_manifest(path):
+    """The bundled manifest's comments and schema, without its models."""
+    head, _, _ = _shipped_tables()
+    path.write_text(format_manifest(head, [], None), encoding="utf-8")
+    return path
+
+
+def test_write_manifest_adds_replaces_and_keeps_comments(tmp_path):
+    manifest = _empty_manifest(tmp_path / "weights_manifest.toml")
+    write_manifest_file(
+        manifest, [_written_entry("simplecnn"), _written_entry("skipae")], "simplecnn"
+    )
+    written = write_manifest_file(manifest, [_written_entry("skipae", "a" * 64)], "simplecnn")
+    loaded = load_manifest(manifest)
+    assert loaded.names() == ["simplecnn", "skipae"] == written.names()
+    assert loaded.default == "simplecnn"
+    skipae = loaded.entries[1]
+    assert skipae.sha256 == "a" * 64 and skipae.recipe == _written_entry("x")["recipe"]
+    assert "# Example entry documenting every key" in manifest.read_text(encoding="utf-8")
+    write_manifest_file(manifest, [], None)  # no default: the line goes
+    assert load_manifest(manifest).default is None
+
+
+def test_write_manifest_never_writes_an_invalid_manifest(tmp_path):
+    manifest = tmp_path / "weights_manifest.toml"
+    manifest.write_text(MANIFEST_PATH.read_text(encoding="utf-8"), encoding="utf-8")
+    before = manifest.read_bytes()
+    with pytest.raises(ManifestError):
+        write_manifest_file(manifest, [{**_written_entry("simplecnn"), "sha256": "nothex"}], None)
+    assert manifest.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [manifest.name]  # no temporary left

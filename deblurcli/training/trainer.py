@@ -1,10 +1,11 @@
 """The training loop: ``train(TrainConfig) -> TrainResult``.
 
-A run folder holds ``config.json``, ``metrics.csv``, ``curves.png``, ``model.safetensors``
-(best by validation PSNR; the export ``restore``/``eval`` load), ``last.safetensors`` and
-``checkpoints/last.pt`` (the resumable state, see :mod:`.state`). Every file is written
-atomically, so a kill never leaves a half-written checkpoint, and one process at a time
-writes a run folder (its lock is held from :meth:`Trainer.begin` to :meth:`Trainer.finish`).
+A run folder holds ``config.json``, ``metrics.csv``, ``curves.png``, ``result.json`` (the
+:class:`TrainResult`, as ``--json`` prints it), ``model.safetensors`` (best by validation
+PSNR; the export ``restore``/``eval`` load), ``last.safetensors`` and ``checkpoints/last.pt``
+(the resumable state, see :mod:`.state`). Every file is written atomically, so a kill
+never leaves a half-written checkpoint, and one process at a time writes a run folder (its
+lock is held from :meth:`Trainer.begin` to :meth:`Trainer.finish`).
 ``init`` starts from a pretrained model and ``freeze`` keeps parts of it fixed (see
 :mod:`.warmstart`).
 
@@ -35,7 +36,7 @@ from torch import nn
 from deblurcli.archs import create, create_discriminator, get_discriminator_spec, get_spec
 from deblurcli.data import dataset as ds
 from deblurcli.errors import TrainingDivergedError, UsageError
-from deblurcli.imageio import atomic_path
+from deblurcli.imageio import atomic_path, atomic_write_bytes
 from deblurcli.inference.device import pick_device
 from deblurcli.locks import output_lock
 from deblurcli.metrics import psnr
@@ -64,6 +65,7 @@ __all__ = ["DEFAULT_EVERY", "TrainConfig", "TrainResult", "Trainer", "arch_confi
 
 log = logging.getLogger(__name__)
 STATE_FILE = run_state.STATE_FILE
+RESULT_NAME = "result.json"  # what train() returned, as deblur train --json prints it
 
 
 def arch_config(config: TrainConfig, init_base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -588,10 +590,13 @@ class Trainer:
                     self._log_train(self.last_terms, self.rate)
                 self.metrics.flush()
                 self.metrics.plot(title=f"deblur train --arch {self.cfg.arch}: {self.run_dir}")
+            result = self._result()
+            if self.dist.is_main:
+                write_result(result)
             dd.barrier(self.dist)
         finally:
             self.close()
-        return self._result()
+        return result
 
     def _result(self) -> TrainResult:
         return TrainResult(
@@ -687,6 +692,18 @@ def train(config: TrainConfig, *, console: Console | None = None) -> TrainResult
         return trainer.run()
     finally:
         dd.shutdown(trainer.dist)
+
+
+def write_result(result: TrainResult) -> Path:
+    """``RUN/result.json``: the ``--json`` result, for scripts that read rather than parse.
+
+    Rewritten when this call trained (or the file is missing), so a resume with nothing
+    left to train leaves it as it was.
+    """
+    path = result.run_dir / RESULT_NAME
+    if result.new_steps or not path.is_file():
+        atomic_write_bytes(path, (json.dumps(result.to_json(), indent=2) + "\n").encode())
+    return path
 
 
 @contextlib.contextmanager

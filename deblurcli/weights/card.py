@@ -1,10 +1,11 @@
-"""Model cards and manifest entries: one generator for docs/models/ and for the Hub.
+"""Model cards: one generator for docs/models/ and for the Hub.
 
 :func:`model_card` writes the markdown card of a model from its manifest ``entry`` and an
 ``info`` record (title, configs, parameters, recipe, training figures, ``deblur eval --json``
-results). ``scripts/train_pretrained.py`` writes the shipped models' cards with it;
-``deblur weights push`` prepends the Hub's YAML metadata header (:func:`hub_front_matter`)
-to the same card. :func:`entry_block` is the ``weights_manifest.toml`` text of an entry.
+results). The pretrained pipeline (:mod:`deblurcli.pretraining`) writes the shipped models'
+cards with it; ``deblur weights push`` prepends the Hub's YAML metadata header
+(:func:`hub_front_matter`) to the same card. The manifest's text is written by
+:mod:`deblurcli.weights.manifest`.
 """
 
 from __future__ import annotations
@@ -209,25 +210,3 @@ def hub_front_matter(arch: str, entry: dict[str, Any], info: dict[str, Any]) -> 
             f"      value: {row['ssim']:.4f}",
         ]
     return "\n".join([*lines, "---", ""]) + "\n"
-
-
-def toml_value(value: Any) -> str:
-    """A TOML literal for the JSON-like ``value`` (JSON strings are valid TOML strings)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        items = [f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None]
-        return "{ " + ", ".join(items) + " }" if items else "{}"
-    raise TypeError(f"no TOML form for {value!r}")
-
-
-def entry_block(entry: dict[str, Any]) -> str:
-    """The ``[[model]]`` table of ``entry`` as manifest text."""
-    lines = ["[[model]]"] + [f"{k} = {toml_value(v)}" for k, v in entry.items()]
-    return "\n".join(lines) + "\n"

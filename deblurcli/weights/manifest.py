@@ -11,9 +11,10 @@ bundled manifest: ``deblurcli/pretrained/``).
 
 from __future__ import annotations
 
+import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from deblurcli.errors import (
     UnknownModelError,
     WeightsUnavailableError,
 )
+from deblurcli.imageio import atomic_path
 
 # Not resolved: the symlink's folder (deblurcli/) is where shipped files live, in a checkout
 # and in an installed wheel alike.
@@ -324,3 +326,87 @@ def get_pretrained(name: str, manifest: ManifestLike = None) -> PretrainedEntry:
         f"'{name}' is not a pretrained model; known: {', '.join(m.names())} "
         "(or pass --model PATH to a checkpoint)"
     )
+
+
+# ---------------------------------------------------------------- writing
+
+_DEFAULT_LINE = re.compile(r"default\s*=")
+
+
+def toml_value(value: Any) -> str:
+    """A TOML literal for the JSON-like ``value`` (JSON strings are valid TOML strings)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        items = [f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def entry_block(table: dict[str, Any]) -> str:
+    """The ``[[model]]`` table ``table`` (manifest keys to values) as manifest text."""
+    lines = ["[[model]]"] + [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def entry_table(entry: PretrainedEntry) -> dict[str, Any]:
+    """The manifest table of a parsed ``entry``: what :func:`entry_block` writes back.
+
+    Keys left at the value an absent key reads as are left out; :func:`parse_manifest`
+    reads the table back into an equal entry.
+    """
+    table: dict[str, Any] = {}
+    for key in _TYPES:
+        value = getattr(entry, key)
+        if key in _REQUIRED or not _is_unset(key, value):
+            table[key] = value
+    return table
+
+
+def _is_unset(key: str, value: Any) -> bool:
+    """Whether ``value`` is what ``key`` reads as when absent (``False`` is not ``None``)."""
+    f = next(f for f in fields(PretrainedEntry) if f.name == key)
+    unset = f.default_factory() if f.default_factory is not MISSING else f.default
+    return type(value) is type(unset) and value == unset
+
+
+def split_manifest_text(text: str) -> tuple[str, list[str]]:
+    """(head, ``[[model]]`` blocks) of a manifest's text; the head keeps its comments."""
+    parts = text.split("\n[[model]]\n")
+    if text.startswith("[[model]]\n"):
+        return "", ["[[model]]\n" + p for p in text.split("[[model]]\n")[1:]]
+    return parts[0].rstrip("\n") + "\n", ["[[model]]\n" + p for p in parts[1:]]
+
+
+def format_manifest(head: str, blocks: list[str], default: str | None) -> str:
+    """Manifest text: ``head`` (comments, ``schema_version``) with ``default``, then ``blocks``.
+
+    A ``default =`` line in ``head`` is replaced by ``default`` (dropped when None).
+    """
+    lines = [ln for ln in head.splitlines() if not _DEFAULT_LINE.match(ln)]
+    if default is not None:
+        lines.append(f"default = {toml_value(default)}")
+    body = [b.rstrip("\n") + "\n" for b in blocks]
+    return "\n".join(lines) + "\n\n" + "\n".join(body)
+
+
+def write_manifest(path: Path, tables: list[dict[str, Any]], default: str | None) -> Manifest:
+    """Add or replace ``tables`` (by name) in the manifest at ``path``; set ``default``.
+
+    Comments and other models' text are kept; the result is validated before it replaces
+    the file (atomically), so a manifest that would not load is never written.
+    """
+    head, blocks = split_manifest_text(path.read_text(encoding="utf-8"))
+    names = {t["name"] for t in tables}
+    kept = [b for b in blocks if tomllib.loads(b)["model"][0]["name"] not in names]
+    text = format_manifest(head, kept + [entry_block(t) for t in tables], default)
+    manifest = parse_manifest(tomllib.loads(text), path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return manifest

@@ -21,9 +21,9 @@ from deblurcli._toml import tomllib
 from deblurcli.archs import count_parameters, get_spec
 from deblurcli.errors import CheckpointError, UsageError
 from deblurcli.weights import hub
-from deblurcli.weights.card import entry_block, hub_front_matter, model_card
+from deblurcli.weights.card import hub_front_matter, model_card
 from deblurcli.weights.checkpoint import ARCH_KEY, load_checkpoint, read_metadata
-from deblurcli.weights.manifest import parse_manifest
+from deblurcli.weights.manifest import entry_block, parse_manifest
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 # ``deblur train`` options rebuilt from a run's saved settings, in the order users write them.
