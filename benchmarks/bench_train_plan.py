@@ -23,8 +23,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
-from train_pretrained import PLAN_PATH, load_plan  # noqa: E402
+from deblurcli.pretraining.plan import load_plan  # noqa: E402
+
+PLAN_PATH = REPO / "scripts" / "pretrained_plan.toml"
 
 from deblurcli.archs import loading_config  # noqa: E402
 

@@ -26,18 +26,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_pretrained import (  # noqa: E402 (the sibling script, importable from here)
-    REPO,
+from deblurcli._toml import tomllib
+from deblurcli.evaluation.report import SUMMARY_NAME
+from deblurcli.pretraining.commands import (
     config_args,
     deblur_cmd,
     failure,
-    last_json,
+    read_result,
     run_logged,
     shown,
-    tomllib,
 )
+from deblurcli.training.trainer import RESULT_NAME
 
+REPO = Path(__file__).resolve().parent.parent
 PLAN_PATH = Path(__file__).resolve().parent / "ablation_plan.toml"
 DOC_PATH = REPO / "docs" / "ablations.md"
 TABLE_START, TABLE_END = "<!-- ablation table: start -->", "<!-- ablation table: end -->"
@@ -104,11 +105,11 @@ def train_command(variant: dict[str, Any], run: Path, train: Path, val: Path) ->
     return deblur_cmd(*cmd, *config_args(variant["config"]), "--json")
 
 
-def eval_command(model: Path, photos: Path, cache: Path | None) -> list[str]:
+def eval_command(model: Path, photos: Path, cache: Path | None, report: Path) -> list[str]:
     """``deblur eval --benchmark`` of ``model`` and the tuned unsharp mask on ``photos``."""
     cmd = ["eval", "--benchmark", "--benchmark-photos", str(photos)]
     cmd += ["--benchmark-dir", str(cache)] if cache is not None else []
-    return deblur_cmd(*cmd, "--model", str(model), "--model", "unsharp", "--json")
+    return deblur_cmd(*cmd, "--model", str(model), "--model", "unsharp", "--report", str(report))
 
 
 def _niced(cmd: list[str], nice: int) -> list[str]:
@@ -132,11 +133,14 @@ def run_variant(
         proc = run_logged(_niced(cmd, nice), log, threads)
         if proc.returncode != 0:
             raise failure(f"{variant['name']}: deblur train", proc, log)
-        trained = {"wall_s": round(time.perf_counter() - start, 1), **last_json(proc.stdout)}
+        trained = read_result(folder / "run" / RESULT_NAME, "deblur train")
+        trained = {"wall_s": round(time.perf_counter() - start, 1), **trained}
         trained_path.write_text(json.dumps(trained, indent=2) + "\n")
     trained = json.loads(trained_path.read_text())
     model = folder / "run" / "model.safetensors"
-    proc = run_logged(_niced(eval_command(model, val, cache), nice), log, threads)
+    report = folder / "eval"
+    (report / SUMMARY_NAME).unlink(missing_ok=True)  # never read a previous call's
+    proc = run_logged(_niced(eval_command(model, val, cache, report), nice), log, threads)
     if proc.returncode != 0:
         raise failure(f"{variant['name']}: deblur eval", proc, log)
     result = {
@@ -144,7 +148,7 @@ def run_variant(
         "command": shown(cmd),
         "wall_s": trained.pop("wall_s"),
         "train": trained,
-        "scores": scores(last_json(proc.stdout)),
+        "scores": scores(read_result(report / SUMMARY_NAME, "deblur eval")),
     }
     result_path.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -22,7 +22,6 @@ SCRIPT = REPO / "scripts" / "ablate.py"
 
 
 def _driver():
-    sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("ablate", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module

@@ -16,13 +16,18 @@ from typer.testing import CliRunner
 from deblurcli.archs import create, get_spec, resolve_config
 from deblurcli.cli import app
 from deblurcli.imageio import ImageData, read_image, write_image
+from deblurcli.pretraining.commands import shown
+from deblurcli.pretraining.pipeline import Paths, train_command
+from deblurcli.pretraining.plan import load_plan
 from deblurcli.training import TrainConfig, train
 from deblurcli.training.trainer import Trainer
 from deblurcli.training.warmstart import INIT_KEY
 from deblurcli.weights import get_pretrained, read_metadata, save_checkpoint, sha256_file
+from deblurcli.weights.card import model_card
 from deblurcli.weights.resolve import load_model
 
 PATCH = 32
+PLAN = Path(__file__).resolve().parent.parent / "scripts" / "pretrained_plan.toml"
 
 
 @pytest.fixture(scope="module")
@@ -243,20 +248,7 @@ def test_freeze_keeps_frozen_parameters_byte_identical(
     )
 
 
-def _driver():
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().parent.parent / "scripts" / "train_pretrained.py"
-    spec = importlib.util.spec_from_file_location("train_pretrained", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_model_card_and_plan_carry_the_init(finetuned, pairs: Path, base_run: Path, tmp_path):
-    tp = _driver()
     out, _ = finetuned
     child = Trainer(_config(pairs, tmp_path / "child", init=str(out)))
     entry = {"name": "transformnet", "description": "d", "file": "transformnet.safetensors"}
@@ -264,7 +256,7 @@ def test_model_card_and_plan_carry_the_init(finetuned, pairs: Path, base_run: Pa
     info = {"title": "t", "arch_config": {}, "default_config": {}, "params": 1, "recipe": "r"}
     info |= {"step": 2, "precision": "fp32", "patches_per_s": 1.0, "eval": {"rows": []}}
     info |= {"bars": {}, "init": child.lineage}
-    card = tp.model_card("transformnet", entry, info, None, False)
+    card = model_card("transformnet", entry, info, None, False)
     first = sha256_file(out / "model.safetensors")
     grand = json.loads((out / "config.json").read_text())["init"]["sha256"]
     assert (
@@ -274,8 +266,8 @@ def test_model_card_and_plan_carry_the_init(finetuned, pairs: Path, base_run: Pa
     assert f"  - which was initialised from: `{base_run}` (transformnet" in card
     assert card.index(first) < card.index(grand)
     info["init"] = None
-    assert "initialised from" not in tp.model_card("transformnet", entry, info, None, False)
+    assert "initialised from" not in model_card("transformnet", entry, info, None, False)
     # A plan entry with `init` fine-tunes: the command carries --init.
-    plan = {**tp.load_plan()["edgenet"], "init": "edgenet"}
-    paths = tp.Paths(tmp_path, tmp_path, tmp_path / "m.toml", tmp_path, tmp_path, tmp_path)
-    assert "--init edgenet" in tp.shown(tp.train_command("edgenet", plan, paths, "default"))
+    plan = {**load_plan(PLAN)["edgenet"], "init": "edgenet"}
+    paths = Paths(tmp_path, tmp_path, tmp_path / "m.toml", tmp_path, tmp_path, tmp_path)
+    assert "--init edgenet" in shown(train_command("edgenet", plan, paths, "default"))

@@ -21,17 +21,14 @@ import torch
 from deblurcli.data import photo_pool
 from deblurcli.imageio import ImageData, read_image, write_image
 from deblurcli.inference import restore_tensor
+from deblurcli.pretraining.cohort_run import return_limit_problems
 from deblurcli.weights import load_model
 from deblurcli.weights.bundle import read_bundle_index, unpack_bundle
-from tests._pretrained_driver import load_driver
 from tests.conftest import natural_image
 
 REPO = Path(__file__).resolve().parent.parent
 CARRY_LIMIT = 64 * 2**20
 PHOTOS_BYTES = 13 * 2**20  # the packed photo pool measured 12.6 MB (lossless WebP)
-
-
-_driver = load_driver
 
 
 def _tree_files() -> list[str]:
@@ -61,12 +58,11 @@ def test_pack_keeps_the_pixels(tmp_path: Path) -> None:
 
 
 def test_return_limits_are_checked(tmp_path: Path) -> None:
-    driver = _driver()
     for i in range(9):
         (tmp_path / f"f{i}").write_bytes(b"x")
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "deep").write_bytes(b"x")
-    problems = driver.return_limit_problems(tmp_path)
+    problems = return_limit_problems(tmp_path)
     assert any("files" in p for p in problems)
     assert any("deeper" in p for p in problems)
 
@@ -123,7 +119,7 @@ def test_gpu_run_rehearsal_on_cpu(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (out / "train.log").read_text()
     assert f"deblurcli from {clone / 'deblurcli'}" in log  # the copied tree, not an install
-    assert _driver().return_limit_problems(out) == []
+    assert return_limit_problems(out) == []
     index = read_bundle_index(out)
     figures = index["figures"]
     assert sorted(figures) == sorted(index["models"])

@@ -1,4 +1,5 @@
-"""scripts/train_pretrained.py: the plan, the manifest writer, and a real tiny run end to end."""
+"""The pretrained pipeline (deblurcli.pretraining, scripts/train_pretrained.py): the plan,
+the training commands, the shipping rule, and real tiny runs end to end."""
 
 from __future__ import annotations
 
@@ -18,17 +19,29 @@ from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio
 
 from deblurcli.archs import count_parameters, create, list_archs, resolve_config
-from deblurcli.errors import ManifestError
 from deblurcli.imageio import ImageData, find_images, read_image, write_image
+from deblurcli.pretraining.cohort_run import warm_start
+from deblurcli.pretraining.commands import run_lock, shown
+from deblurcli.pretraining.pipeline import (
+    MAX_FILE_BYTES,
+    MAX_TOTAL_BYTES,
+    Paths,
+    check_same_model,
+    train_command,
+)
+from deblurcli.pretraining.plan import PlanError, load_cohort, load_plan
+from deblurcli.pretraining.scores import beats_shipped
 from deblurcli.weights import default_model_name, load_model
-from deblurcli.weights.manifest import MANIFEST_PATH, load_manifest
-from tests._pretrained_driver import load_driver
+from deblurcli.weights.manifest import (
+    MANIFEST_PATH,
+    format_manifest,
+    load_manifest,
+    split_manifest_text,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "train_pretrained.py"
-
-
-tp = load_driver()
+PLAN = REPO / "scripts" / "pretrained_plan.toml"
 
 
 def _sha256(path: Path) -> str:
@@ -36,68 +49,32 @@ def _sha256(path: Path) -> str:
 
 
 def test_plan_covers_every_arch_with_valid_shippable_configs():
-    plans = tp.load_plan()
+    plans = load_plan(PLAN)
     assert set(plans) == set(list_archs())
     total = 0
     for arch, plan in plans.items():
         resolve_config(arch, **plan["config"])  # every key exists in the arch
         with torch.device("meta"):
             params = count_parameters(create(arch, **plan["config"]))
-        assert params * 2 <= tp.MAX_FILE_BYTES, arch  # fp16 file under 30 MB
+        assert params * 2 <= MAX_FILE_BYTES, arch  # fp16 file under 30 MB
         total += params * 2
         assert plan["steps"] > 0 and plan["patch_size"] % 32 == 0
-    assert total <= tp.MAX_TOTAL_BYTES
+    assert total <= MAX_TOTAL_BYTES
     assert plans["simplecnn"]["default_model"] in {"best", *plans}
 
 
 def test_plan_rejects_unknown_keys(tmp_path):
     bad = tmp_path / "plan.toml"
     bad.write_text("[defaults]\nsteps_typo = 3\n[arch.simplecnn]\nsteps = 1\n")
-    with pytest.raises(tp.PlanError, match="steps_typo"):
-        tp.load_plan(bad)
-
-
-def _entry(name: str, sha: str = "0" * 64) -> dict:
-    return {
-        "name": name,
-        "arch": name,
-        "file": f"{name}.safetensors",
-        "sha256": sha,
-        "size": 10,
-        "license": "GPL-2+",
-        "config": {"width": 8} if name == "skipae" else {"widths": [8] * 6},
-        "recipe": "deblur train --config 'widths=[8]' \"quoted\" ×",
-        "scores": {"psnr": 30.5},
-    }
+    with pytest.raises(PlanError, match="steps_typo"):
+        load_plan(bad)
 
 
 def _empty_manifest(path: Path) -> Path:
     """The bundled manifest's comments and schema, without its models."""
-    head, _ = tp._split_blocks(MANIFEST_PATH.read_text(encoding="utf-8"))
-    lines = [ln for ln in head.splitlines() if not ln.startswith("default =")]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    head, _ = split_manifest_text(MANIFEST_PATH.read_text(encoding="utf-8"))
+    path.write_text(format_manifest(head, [], None), encoding="utf-8")
     return path
-
-
-def test_write_manifest_adds_replaces_and_keeps_comments(tmp_path):
-    manifest = _empty_manifest(tmp_path / "weights_manifest.toml")
-    tp.write_manifest(manifest, [_entry("simplecnn"), _entry("skipae")], "simplecnn")
-    tp.write_manifest(manifest, [_entry("skipae", "a" * 64)], "simplecnn")
-    loaded = load_manifest(manifest)
-    assert loaded.names() == ["simplecnn", "skipae"]
-    assert loaded.default == "simplecnn"
-    skipae = loaded.entries[1]
-    assert skipae.sha256 == "a" * 64 and skipae.recipe == _entry("x")["recipe"]
-    assert "# Example entry documenting every key" in manifest.read_text(encoding="utf-8")
-
-
-def test_write_manifest_never_writes_an_invalid_manifest(tmp_path):
-    manifest = tmp_path / "weights_manifest.toml"
-    manifest.write_text(MANIFEST_PATH.read_text(encoding="utf-8"), encoding="utf-8")
-    before = manifest.read_bytes()
-    with pytest.raises(ManifestError):
-        tp.write_manifest(manifest, [{**_entry("simplecnn"), "sha256": "nothex"}], None)
-    assert manifest.read_bytes() == before
 
 
 def _photo_pool(root: Path) -> tuple[Path, Path, Path]:
@@ -118,6 +95,7 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     # An empty torch hub: no VGG19 weights, whatever this machine has cached.
     env = {**os.environ, "DEBLURCLI_CACHE": str(tmp_path / "cache")}
     env["TORCH_HOME"] = str(tmp_path / "torch")
+    env["PYTHONPATH"] = str(REPO)  # this checkout's package, whatever is installed
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300
     )
@@ -241,38 +219,38 @@ def test_committed_example_matches_the_script(tmp_path):
 
 
 def test_resume_refuses_a_run_whose_model_the_plan_changed(tmp_path):
-    plan = tp.load_plan()["resnetencdec"]
+    plan = load_plan(PLAN)["resnetencdec"]
     saved = resolve_config("resnetencdec", **plan["config"])
     (tmp_path / "config.json").write_text(json.dumps({"arch_config": saved}))
-    tp.check_same_model("resnetencdec", plan, tmp_path, "default")  # same model: fine
+    check_same_model("resnetencdec", plan, tmp_path, "default")  # same model: fine
     changed = {**plan, "config": {**plan["config"], "encoder": "resnet34"}}
     with pytest.raises(RuntimeError, match="remove the run folder"):
-        tp.check_same_model("resnetencdec", changed, tmp_path, "default")
+        check_same_model("resnetencdec", changed, tmp_path, "default")
 
 
 def test_a_run_being_trained_is_locked_for_the_trainer_lifetime(tmp_path):
-    with tp.run_lock(tmp_path) as fd:
+    with run_lock(tmp_path) as fd:
         with (
             pytest.raises(RuntimeError, match="being trained by another process"),
-            tp.run_lock(tmp_path),
+            run_lock(tmp_path),
         ):
             pass
         # A child that inherited the lock keeps it after the driver lets go of its copy.
         child = subprocess.Popen(["sleep", "5"], pass_fds=(fd,))
     try:
-        with pytest.raises(RuntimeError, match="another process"), tp.run_lock(tmp_path):
+        with pytest.raises(RuntimeError, match="another process"), run_lock(tmp_path):
             pass
     finally:
         child.kill()
         child.wait()
-    with tp.run_lock(tmp_path):
+    with run_lock(tmp_path):
         pass
 
 
 def test_train_command_carries_the_plan(tmp_path):
-    plan = {**tp.load_plan()["deblurgan"], "vgg_weights": "~/vgg19.pth", "lr": 2e-4}
+    plan = {**load_plan(PLAN)["deblurgan"], "vgg_weights": "~/vgg19.pth", "lr": 2e-4}
     plan["schedule"] = "cosine"
-    paths = tp.Paths(
+    paths = Paths(
         runs=tmp_path / "runs",
         pretrained=tmp_path,
         manifest=tmp_path / "m.toml",
@@ -280,14 +258,14 @@ def test_train_command_carries_the_plan(tmp_path):
         train_photos=tmp_path / "train",
         val_photos=tmp_path / "val",
     )
-    cmd = tp.shown(tp.train_command("deblurgan", plan, paths, "default"))
+    cmd = shown(train_command("deblurgan", plan, paths, "default"))
     assert cmd.startswith(f"deblur train --arch deblurgan --data {tmp_path / 'train'}")
     for part in ("--degrade mix", "--no-adversarial", "--lr 0.0002", "--schedule cosine"):
         assert part in cmd
     assert "--config ngf=32" in cmd
     assert f"--vgg-weights {Path('~/vgg19.pth').expanduser()}" in cmd
     assert f"--steps {plan['steps']} " in cmd and "--resume" not in cmd
-    tiny = tp.shown(tp.train_command("deblurgan", plan, paths, "tiny"))
+    tiny = shown(train_command("deblurgan", plan, paths, "tiny"))
     assert "--width tiny" in tiny and "--config" not in tiny
 
 
@@ -367,23 +345,23 @@ def test_from_bundle_ships_only_a_model_that_beats_the_shipped_one(tmp_path):
 
 def test_beats_shipped_needs_both_benchmark_and_check_photos():
     better = {"psnr_gain": 1.0, "check_psnr_gain": 0.5}
-    assert tp.beats_shipped(better, {"psnr_gain": 0.3, "check_psnr_gain": 0.2}) == []
-    assert tp.beats_shipped(better, {}) == []  # nothing shipped yet
-    worse_check = tp.beats_shipped(better, {"psnr_gain": 0.3, "check_psnr_gain": 0.6})
+    assert beats_shipped(better, {"psnr_gain": 0.3, "check_psnr_gain": 0.2}) == []
+    assert beats_shipped(better, {}) == []  # nothing shipped yet
+    worse_check = beats_shipped(better, {"psnr_gain": 0.3, "check_psnr_gain": 0.6})
     assert len(worse_check) == 1 and worse_check[0].startswith("check_psnr_gain")
     # A thousandth of a dB (what two fine-tuning steps moved edgenet) is noise, not better.
-    noise = tp.beats_shipped({"psnr_gain": 0.3697}, {"psnr_gain": 0.3691})
+    noise = beats_shipped({"psnr_gain": 0.3697}, {"psnr_gain": 0.3691})
     assert len(noise) == 1 and "0.05 dB above" in noise[0]
 
 
 def test_every_planned_model_warm_starts_from_its_shipped_weights():
     """The GPU run continues from the shipped weights; a plan config that drifts from the
     shipped one would silently train that arch from scratch instead."""
-    cohort = tp.load_cohort()
+    cohort = load_cohort(PLAN)
     assert {"patch_size", "batch_size", "workers", "warmup"} <= set(cohort)
-    for arch, plan in tp.load_plan().items():
-        assert tp.warm_start(arch, plan, "default", MANIFEST_PATH) == arch
-        assert tp.warm_start(arch, plan, "tiny", MANIFEST_PATH) is None
-    simplecnn = tp.load_plan()["simplecnn"]
+    for arch, plan in load_plan(PLAN).items():
+        assert warm_start(arch, plan, "default", MANIFEST_PATH) == arch
+        assert warm_start(arch, plan, "tiny", MANIFEST_PATH) is None
+    simplecnn = load_plan(PLAN)["simplecnn"]
     narrower = {**simplecnn, "config": {**simplecnn["config"], "widths": [8] * 6}}
-    assert tp.warm_start("simplecnn", narrower, "default", MANIFEST_PATH) is None
+    assert warm_start("simplecnn", narrower, "default", MANIFEST_PATH) is None

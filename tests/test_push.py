@@ -7,7 +7,6 @@ round trip downloads the pushed files back through hf_hub_download.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ from typer.testing import CliRunner
 
 from deblurcli.cli import app
 from deblurcli.imageio import ImageData, read_image, write_image
-from deblurcli.weights import card
+from deblurcli.weights import card, manifest, publish
 from deblurcli.weights.manifest import load_manifest
 from deblurcli.weights.resolve import load_model
 from tests.conftest import natural_image
@@ -126,17 +125,12 @@ def test_model_card_has_hub_metadata_and_the_run_facts(hub, tmp_path, run):
     assert f"{model_row['psnr']:.2f}" in body and "trained: 2 steps" in body
 
 
-def test_the_card_generator_is_the_one_the_pretrained_pipeline_uses():
-    spec = importlib.util.spec_from_file_location(
-        "train_pretrained_for_test", REPO_ROOT / "scripts" / "train_pretrained.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    assert module.model_card is card.model_card and module.entry_block is card.entry_block
+def test_the_card_and_manifest_writers_are_the_ones_the_pretrained_pipeline_uses():
+    from deblurcli.pretraining import pipeline
+
+    assert pipeline.model_card is card.model_card
+    assert pipeline.write_manifest is manifest.write_manifest
+    assert publish.entry_block is manifest.entry_block
 
 
 def test_push_refuses_what_it_cannot_publish(tmp_path, hub):

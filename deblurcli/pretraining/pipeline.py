@@ -1,0 +1,382 @@
+"""The pretrained pipeline on the CPU: train, export, evaluate and register each arch.
+
+For each arch of the plan: ``deblur train`` (resumed after a kill; skipped when finished),
+the best checkpoint as fp16 safetensors, ``deblur eval --benchmark`` (and on the check
+photos), then the ``[[model]]`` entry in the manifest and the model card with a
+before/after picture. ``--from-bundle`` takes the models of a GPU cohort run instead of
+training, and ships only those that beat the shipped ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deblurcli.archs import count_parameters, get_spec, model_config
+from deblurcli.evaluation.report import SUMMARY_NAME
+from deblurcli.imageio import atomic_write_bytes
+from deblurcli.pretraining.commands import (
+    config_args,
+    deblur_cmd,
+    failure,
+    read_result,
+    run_lock,
+    run_logged,
+    shown,
+)
+from deblurcli.pretraining.describe import (
+    before_after,
+    benchmark_rule,
+    config_overrides,
+    dataset_text,
+    restore_speed,
+    run_recipe,
+)
+from deblurcli.pretraining.plan import planned_model
+from deblurcli.pretraining.scores import (
+    beats_shipped,
+    flat_scores,
+    quality_bars,
+    summary_row,
+    summary_table,
+)
+from deblurcli.training.trainer import RESULT_NAME
+from deblurcli.weights import load_manifest, load_model, sha256_file
+from deblurcli.weights.bundle import read_bundle_index, unpack_bundle
+from deblurcli.weights.card import model_card
+from deblurcli.weights.checkpoint import (
+    ARCH_KEY,
+    CONFIG_KEY,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
+from deblurcli.weights.manifest import write_manifest
+
+MAX_FILE_BYTES = 30 * 1000 * 1000
+MAX_TOTAL_BYTES = 100 * 1000 * 1000
+
+
+@dataclass
+class Paths:
+    """Where the pipeline reads photos and writes runs, weights, manifest and cards."""
+
+    runs: Path
+    """One run folder per arch: training, exports, eval reports, ``pipeline.log``."""
+    pretrained: Path
+    """Where shipped weights go (``pretrained/`` beside the manifest)."""
+    manifest: Path
+    """The manifest that gets the entries."""
+    docs: Path
+    """Model cards and before/after pictures."""
+    train_photos: Path
+    val_photos: Path
+    """The benchmark is built from these (``deblur eval --benchmark-photos``)."""
+    check_photos: Path | None = None
+    """Independent photos for a second evaluation."""
+    benchmark_cache: Path | None = None
+
+
+@dataclass
+class Options:
+    """How :func:`run_all` runs: widths, concurrency, what to skip, the speed measurement."""
+
+    width: str = "default"  # or "tiny" (smoke runs): the arch's tiny config, not the plan's
+    jobs: int = 6
+    train_only: bool = False
+    speed_size: tuple[int, int] | None = (1920, 1080)
+    speed_threads: int | None = None  # None: every core
+    bundle: dict[str, dict[str, Any]] | None = None  # --from-bundle: arch -> training figures
+
+
+@dataclass
+class Outcome:
+    """What one arch's pipeline produced."""
+
+    arch: str
+    file: Path | None = None
+    entry: dict[str, Any] = field(default_factory=dict)
+    bars: dict[str, bool] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+# ---------------------------------------------------------------- training
+
+
+def train_command(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> list[str]:
+    """The ``deblur train`` command of ``arch`` (without ``--resume``)."""
+    cmd = ["train", "--arch", arch, "--data", str(paths.train_photos)]
+    cmd += ["--degrade", plan["degrade"], "--out", str(paths.runs / arch)]
+    for key in ("patch_size", "batch_size", "steps", "seed", "val_every", "ckpt_every"):
+        cmd += [f"--{key.replace('_', '-')}", str(plan[key])]
+    cmd += ["--precision", plan["precision"], "--workers", "0"]
+    if width != "default":  # smoke runs: the arch's tiny config, not the plan's
+        cmd += ["--width", width]
+    for key in ("lr", "loss", "schedule", "n_critic"):
+        if plan.get(key) is not None:
+            cmd += [f"--{key.replace('_', '-')}", str(plan[key])]
+    if plan.get("adversarial") is False:
+        cmd.append("--no-adversarial")
+    if plan.get("vgg_weights"):  # ImageNet VGG19 .pth for the perceptual terms, if you have it
+        cmd += ["--vgg-weights", str(Path(plan["vgg_weights"]).expanduser())]
+    if width == "default":
+        cmd += config_args(plan["config"])
+        if plan.get("init"):  # fine-tune from these weights (--width tiny would not fit them)
+            cmd += ["--init", str(plan["init"])]
+    return deblur_cmd(*cmd, "--json")
+
+
+def check_same_model(arch: str, plan: dict[str, Any], run: Path, width: str) -> None:
+    """Refuse to resume a run whose model differs from the plan's (the plan was edited)."""
+    if width != "default":
+        return
+    saved = json.loads((run / "config.json").read_text(encoding="utf-8")).get("arch_config")
+    saved, wanted = model_config(arch, saved or {}), planned_model(arch, plan["config"])
+    if saved != wanted:
+        raise RuntimeError(
+            f"{run} was trained with config {saved}, the plan now says {wanted}; "
+            "remove the run folder to train it afresh"
+        )
+
+
+def train(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> dict[str, Any]:
+    """Train (or resume, or skip when finished); the run's result with its ``command``."""
+    run = paths.runs / arch
+    done = run / "train_result.json"
+    cmd = train_command(arch, plan, paths, width)
+    if done.is_file():
+        result = json.loads(done.read_text())
+        if result.get("step", 0) >= plan["steps"] and result.get("command") == shown(cmd):
+            return result
+    with run_lock(run) as lock:
+        resume = (run / "checkpoints" / "last.pt").is_file()
+        if resume:
+            check_same_model(arch, plan, run, width)
+        args = cmd + (["--resume"] if resume else [])
+        proc = run_logged(args, run / "pipeline.log", plan["threads"], keep=(lock,))
+    if proc.returncode != 0:
+        raise failure("deblur train", proc, run / "pipeline.log")
+    result = {**read_result(run / RESULT_NAME, "deblur train"), "command": shown(cmd)}
+    atomic_write_bytes(done, json.dumps(result, indent=2).encode())
+    return result
+
+
+def export_fp16(run: Path, target: Path) -> Path:
+    """The run's best ``model.safetensors`` as fp16 at ``target`` (metadata kept)."""
+    source = run / "model.safetensors"
+    meta = {k: v for k, v in read_metadata(source).items() if k not in (ARCH_KEY, CONFIG_KEY)}
+    save_checkpoint(load_checkpoint(source), target, half=True, metadata=meta)
+    size = target.stat().st_size
+    if size > MAX_FILE_BYTES:
+        target.unlink()
+        raise RuntimeError(f"{target.name}: {size / 1e6:.1f} MB is over the 30 MB limit")
+    return target
+
+
+def evaluate(
+    model: Path, photos: Path, paths: Paths, report: Path, log: Path, threads: int
+) -> dict[str, Any]:
+    """``deblur eval --benchmark`` of ``model`` and the unsharp baseline on ``photos``.
+
+    The summary is read from the report ``deblur eval`` writes into ``report``.
+    """
+    cmd = ["eval", "--benchmark", "--benchmark-photos", str(photos)]
+    if paths.benchmark_cache is not None:
+        cmd += ["--benchmark-dir", str(paths.benchmark_cache)]
+    cmd = deblur_cmd(*cmd, "--model", str(model), "--model", "unsharp", "--report", str(report))
+    (report / SUMMARY_NAME).unlink(missing_ok=True)  # never read a previous call's
+    proc = run_logged(cmd, log, threads)
+    if proc.returncode != 0:
+        raise failure("deblur eval", proc, log)
+    return {**read_result(report / SUMMARY_NAME, "deblur eval"), "command": shown(cmd)}
+
+
+# ---------------------------------------------------------------- one arch
+
+
+def _entry(
+    target: Path, plan: dict[str, Any], paths: Paths, trained: dict, info: dict, scores: dict
+) -> dict[str, Any]:
+    """The manifest table of a freshly exported model (``target``: ``ARCH.safetensors``)."""
+    arch = target.stem
+    return {
+        "name": arch,
+        "arch": arch,
+        "file": target.name,
+        "sha256": sha256_file(target),
+        "size": target.stat().st_size,
+        "license": plan["license"],
+        "default": True,
+        "config": config_overrides(arch, info["arch_config"]),
+        "dataset": dataset_text(paths.train_photos, plan["patch_size"], plan["degrade"]),
+        "recipe": trained["command"],
+        "scores": scores,
+        "benchmark": benchmark_rule(Path(info["eval"]["settings"]["data"])),
+        "shipped": True,
+        "description": f"{info['title']}, trained on {trained.get('device', 'CPU')} for "
+        f"{trained['step']} steps; recipe {info['recipe']}",
+    }
+
+
+def train_and_evaluate(arch: str, plan: dict[str, Any], paths: Paths, options: Options) -> Outcome:
+    """Train, export and evaluate one arch (cards and manifest are written by the caller)."""
+    out = Outcome(arch)
+    run = paths.runs / arch
+    log = run / "pipeline.log"
+    bundled = options.bundle is not None
+    trained = options.bundle[arch] if bundled else train(arch, plan, paths, options.width)
+    if options.train_only:
+        return out
+    # A cohort's model is staged in its run folder; it ships only if it beats the shipped one.
+    staging = run / "export" if bundled else paths.pretrained
+    target = export_fp16(run, staging / f"{arch}.safetensors")
+    out.file = target
+    model = load_model(target)
+    info: dict[str, Any] = {
+        "title": get_spec(arch).title,
+        "arch_config": dict(model.arch_config),
+        "default_config": get_spec(arch).default_config,
+        "params": count_parameters(model),
+        "recipe": run_recipe(run),
+        "init": json.loads((run / "config.json").read_text(encoding="utf-8")).get("init"),
+        "step": trained["step"],
+        "precision": trained["precision"],
+        "patches_per_s": trained["patches_per_s"],
+        "threads": plan["threads"],
+    }
+    threads = plan["threads"]
+    info["eval"] = evaluate(target, paths.val_photos, paths, run / "eval", log, threads)
+    scores = flat_scores(info["eval"])
+    if paths.check_photos is not None:
+        info["check"] = evaluate(target, paths.check_photos, paths, run / "check", log, threads)
+        scores.update(flat_scores(info["check"], "check_"))
+    paths.docs.mkdir(parents=True, exist_ok=True)
+    picture = (run / "export" if bundled else paths.docs) / f"{arch}.png"
+    bench = Path(info["eval"]["settings"]["data"])
+    info["picture_source"] = before_after(target, bench, picture)
+    out.entry = _entry(target, plan, paths, trained, info, scores)
+    out.info = info
+    return out
+
+
+def pick_default(choice: str | None, done: list[Outcome], manifest: Path) -> str | None:
+    """The model ``--model`` means when omitted: the plan's arch, or ``best`` benchmark gain."""
+    known = {e.name: e.scores for e in load_manifest(manifest).entries}
+    known.update({o.arch: o.entry["scores"] for o in done})
+    if choice == "best":
+        gains = {n: s["psnr_gain"] for n, s in known.items() if "psnr_gain" in s}
+        return max(gains, key=gains.get) if gains else None
+    return choice if choice in known else None
+
+
+def finish(outcome: Outcome, paths: Paths, is_default: bool) -> None:
+    """The quality bars and the model card of one evaluated arch."""
+    info = outcome.info
+    info["bars"] = quality_bars(info["eval"], is_default)
+    if info.get("check") is not None:
+        bars = quality_bars(info["check"], is_default)
+        info["bars"].update({f"{k} (check photos)": v for k, v in bars.items()})
+    outcome.bars = info["bars"]
+    picture = paths.docs / f"{outcome.arch}.png"
+    card = model_card(outcome.arch, outcome.entry, info, str(picture), is_default)
+    atomic_write_bytes(paths.docs / f"{outcome.arch}.md", card.encode())
+    result = paths.runs / outcome.arch / "pipeline_result.json"
+    atomic_write_bytes(result, json.dumps(info, indent=2, default=str).encode())
+
+
+def promote(outcome: Outcome, paths: Paths) -> bool:
+    """Ship a cohort-trained model (weights and picture) if it beats the shipped one."""
+    shipped = {e.name: e.scores for e in load_manifest(paths.manifest).entries}
+    reasons = beats_shipped(outcome.entry["scores"], shipped.get(outcome.arch, {}))
+    if reasons:
+        print(f"[{outcome.arch}] not shipped: {'; '.join(reasons)}", flush=True)
+        return False
+    assert outcome.file is not None
+    for source, target in (
+        (outcome.file, paths.pretrained / outcome.file.name),
+        (outcome.file.with_suffix(".png"), paths.docs / f"{outcome.arch}.png"),
+    ):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+    outcome.file = paths.pretrained / outcome.file.name
+    return True
+
+
+def bundle_results(bundle: Path, runs: Path) -> dict[str, dict[str, Any]]:
+    """Unpack a cohort run's bundle into run folders; each arch's figures, as train() gives."""
+    index = read_bundle_index(bundle)
+    results = {}
+    for arch, path in unpack_bundle(bundle, runs / "bundle").items():
+        run = runs / arch
+        run.mkdir(parents=True, exist_ok=True)
+        os.replace(path, run / "model.safetensors")
+        figures = index["figures"][arch]
+        if figures.get("config_json"):
+            text = json.dumps(figures["config_json"], indent=2)
+            atomic_write_bytes(run / "config.json", text.encode())
+        results[arch] = {**figures, "command": index.get("command", "")}
+    return results
+
+
+# ---------------------------------------------------------------- every arch
+
+
+def _measure_speed(outcome: Outcome, options: Options) -> None:
+    """The default model's restore speed, into its card info and manifest scores."""
+    assert outcome.file is not None and options.speed_size is not None
+    threads = options.speed_threads or os.cpu_count() or 1
+    mp_per_s = restore_speed(outcome.file, options.speed_size, threads)
+    outcome.info.update(speed_size=options.speed_size, mp_per_s=mp_per_s, speed_threads=threads)
+    outcome.entry["scores"]["restore_mp_per_s"] = round(mp_per_s, 4)
+
+
+def run_all(plans: dict[str, dict[str, Any]], paths: Paths, options: Options) -> int:
+    """Every arch's pipeline, ``options.jobs`` at a time; then cards and manifest. Exit status."""
+
+    def one(arch: str) -> Outcome:
+        try:
+            return train_and_evaluate(arch, plans[arch], paths, options)
+        except Exception as exc:  # report and go on with the other archs
+            return Outcome(arch, error=f"{type(exc).__name__}: {exc}")
+
+    with ThreadPoolExecutor(max_workers=options.jobs) as pool:
+        outcomes = list(pool.map(one, list(plans)))
+    done = [o for o in outcomes if o.error is None and o.entry]
+    if options.bundle is not None:
+        done = [o for o in done if promote(o, paths)]
+    choice = next(iter(plans.values())).get("default_model")
+    default = pick_default(choice, done, paths.manifest) if done else None
+    best = next((o for o in done if o.arch == default), None)
+    if best is not None and options.speed_size is not None:
+        _measure_speed(best, options)  # only the default's: 1080p on one thread takes minutes
+    for o in done:
+        finish(o, paths, o.arch == default)
+    for o in outcomes:
+        bars = ", ".join(f"{k}: {'ok' if v else 'FAIL'}" for k, v in o.bars.items())
+        print(f"[{o.arch}] {o.error or bars or 'trained'}", flush=True)
+    if done:
+        rows = [
+            summary_row(
+                o.arch + (" (default)" if o.arch == default else ""),
+                o.entry["scores"],
+                o.entry["size"],
+                o.bars,
+            )
+            for o in done
+        ]
+        text = summary_table(rows)
+        atomic_write_bytes(paths.runs / "summary.md", text.encode())
+        print(text, flush=True)
+    total = sum(o.entry["size"] for o in done)
+    if total > MAX_TOTAL_BYTES:
+        print(f"warning: shipped files total {total / 1e6:.1f} MB (> 100 MB)", flush=True)
+    if done:
+        write_manifest(paths.manifest, [o.entry for o in done], default)
+        print(f"manifest: {len(done)} model(s) written to {paths.manifest}", flush=True)
+    return 1 if any(o.error for o in outcomes) else 0
