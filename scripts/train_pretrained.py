@@ -36,6 +36,25 @@ from deblurcli.weights.manifest import MANIFEST_PATH  # noqa: E402
 REPO = Path(__file__).resolve().parent.parent
 PLAN_PATH = Path(__file__).resolve().parent / "pretrained_plan.toml"
 _COHORT_OVERRIDES = ("patch_size", "batch_size", "workers", "checkpoint_minutes")
+# Where things are read and written: (option, help), all paths.
+_PLACES = (
+    ("--runs", "run folders [runs/pretrained]"),
+    ("--manifest", "manifest to update [the bundled one]"),
+    ("--pretrained-dir", "weights [pretrained/ beside manifest]"),
+    ("--docs", "model cards [docs/models]"),
+    ("--train-photos", "default: the photo pool's train split"),
+    ("--val-photos", "default: the photo pool's val split"),
+    ("--check-photos", "independent photos for a second eval"),
+    ("--benchmark-dir", "cache of built benchmarks"),
+)
+# The cohort run's numbers: (option, type, help).
+_COHORT_NUMBERS = (
+    ("--workers", int, "data loader processes [plan's [cohort]]"),
+    ("--patch-size", int, "[plan's [cohort]]"),
+    ("--batch-size", int, "[plan's [cohort]]"),
+    ("--checkpoint-minutes", float, "validate and pack every [1.5]"),
+    ("--max-rounds", int, "stop after this many steps (smoke runs)"),
+)
 
 
 def _size(text: str) -> tuple[int, int] | None:
@@ -61,14 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="write everything under DIR (a copy of the manifest, runs, weights, cards)",
     )
-    p.add_argument("--runs", type=Path, help="run folders [runs/pretrained]")
-    p.add_argument("--manifest", type=Path, help="manifest to update [the bundled one]")
-    p.add_argument("--pretrained-dir", type=Path, help="weights [pretrained/ beside manifest]")
-    p.add_argument("--docs", type=Path, help="model cards [docs/models]")
-    p.add_argument("--train-photos", type=Path, help="default: the photo pool's train split")
-    p.add_argument("--val-photos", type=Path, help="default: the photo pool's val split")
-    p.add_argument("--check-photos", type=Path, help="independent photos for a second eval")
-    p.add_argument("--benchmark-dir", type=Path, help="cache of built benchmarks")
+    for flag, text in _PLACES:
+        p.add_argument(flag, type=Path, help=text)
     p.add_argument(
         "--speed-size",
         type=_size,
@@ -85,11 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     gpu.add_argument("--out", type=Path, help="where a cohort run packs its results")
     gpu.add_argument("--device", default="auto", help="cuda, cpu or auto [auto]")
-    gpu.add_argument("--workers", type=int, help="data loader processes [plan's [cohort]]")
-    gpu.add_argument("--patch-size", type=int, help="[plan's [cohort]]")
-    gpu.add_argument("--batch-size", type=int, help="[plan's [cohort]]")
-    gpu.add_argument("--checkpoint-minutes", type=float, help="validate and pack every [1.5]")
-    gpu.add_argument("--max-rounds", type=int, help="stop after this many steps (smoke runs)")
+    for flag, kind, text in _COHORT_NUMBERS:
+        gpu.add_argument(flag, type=kind, help=text)
     p.add_argument(
         "--from-bundle",
         type=Path,

@@ -269,5 +269,12 @@ def test_model_card_and_plan_carry_the_init(finetuned, pairs: Path, base_run: Pa
     assert "initialised from" not in model_card("transformnet", entry, info, None, False)
     # A plan entry with `init` fine-tunes: the command carries --init.
     plan = {**load_plan(PLAN)["edgenet"], "init": "edgenet"}
-    paths = Paths(tmp_path, tmp_path, tmp_path / "m.toml", tmp_path, tmp_path, tmp_path)
+    paths = Paths(
+        runs=tmp_path,
+        pretrained=tmp_path,
+        manifest=tmp_path / "m.toml",
+        docs=tmp_path,
+        train_photos=tmp_path,
+        val_photos=tmp_path,
+    )
     assert "--init edgenet" in shown(train_command("edgenet", plan, paths, "default"))

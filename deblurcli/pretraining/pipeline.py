@@ -62,10 +62,15 @@ MAX_FILE_BYTES = 30 * 1000 * 1000
 MAX_TOTAL_BYTES = 100 * 1000 * 1000
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Paths:
     """Where the pipeline reads photos and writes runs, weights, manifest and cards."""
 
+    train_photos: Path
+    val_photos: Path
+    """The benchmark is built from these (``deblur eval --benchmark-photos``)."""
+    check_photos: Path | None = None
+    """Independent photos for a second evaluation."""
     runs: Path
     """One run folder per arch: training, exports, eval reports, ``pipeline.log``."""
     pretrained: Path
@@ -74,11 +79,6 @@ class Paths:
     """The manifest that gets the entries."""
     docs: Path
     """Model cards and before/after pictures."""
-    train_photos: Path
-    val_photos: Path
-    """The benchmark is built from these (``deblur eval --benchmark-photos``)."""
-    check_photos: Path | None = None
-    """Independent photos for a second evaluation."""
     benchmark_cache: Path | None = None
 
 
