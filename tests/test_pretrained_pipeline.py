@@ -21,7 +21,7 @@ from skimage.metrics import peak_signal_noise_ratio
 from deblurcli.archs import count_parameters, create, list_archs, resolve_config
 from deblurcli.imageio import ImageData, find_images, read_image, write_image
 from deblurcli.pretraining.cohort_run import warm_start
-from deblurcli.pretraining.commands import run_lock, shown
+from deblurcli.pretraining.commands import read_result, run_lock, run_logged, shown
 from deblurcli.pretraining.pipeline import (
     MAX_FILE_BYTES,
     MAX_TOTAL_BYTES,
@@ -365,3 +365,18 @@ def test_every_planned_model_warm_starts_from_its_shipped_weights():
     simplecnn = load_plan(PLAN)["simplecnn"]
     narrower = {**simplecnn, "config": {**simplecnn["config"], "widths": [8] * 6}}
     assert warm_start("simplecnn", narrower, "default", MANIFEST_PATH) is None
+
+
+def test_command_results_are_read_from_the_files_they_write(tmp_path):
+    # The output of a worker goes to its log only; the result is the file it wrote.
+    log = tmp_path / "run" / "pipeline.log"
+    script = "import json,sys; print('{\"step\": 1}'); open(sys.argv[1],'w').write('{\"step\": 2}')"
+    proc = run_logged([sys.executable, "-c", script, str(tmp_path / "r.json")], log, threads=1)
+    assert proc.returncode == 0 and proc.stdout is None
+    assert '{"step": 1}' in log.read_text() and log.read_text().startswith("\n$ ")
+    assert read_result(tmp_path / "r.json", "deblur train") == {"step": 2}
+    with pytest.raises(RuntimeError, match="deblur eval left no readable result at"):
+        read_result(tmp_path / "missing.json", "deblur eval")
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(RuntimeError, match="does not hold a JSON object"):
+        read_result(tmp_path / "list.json", "deblur eval")
