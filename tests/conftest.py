@@ -42,6 +42,8 @@ def hub(tmp_path, monkeypatch):
     server = LoopbackHub()
     monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    # A loaded test machine can starve the loopback server's thread past the 3 s default.
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "30")
     for var in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "DEBLURCLI_MANIFEST"):
         monkeypatch.delenv(var, raising=False)
     yield server

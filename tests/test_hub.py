@@ -158,3 +158,14 @@ def test_hub_checkpoint_with_config_json_instead_of_metadata(tmp_path, hub):
     hub.state.add_file(REPO, COMMIT, "config.json", sidecar)
     loaded = load_model(f"hf://{REPO}@{COMMIT}")
     assert loaded.arch_name == "simplecnn" and loaded.arch_config == model.arch_config
+
+
+def test_metadata_wait_follows_hf_hub_etag_timeout(monkeypatch):
+    from deblurcli.weights import hub as hub_module
+
+    monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
+    assert hub_module._metadata_timeout() == hub_module.CONNECT_TIMEOUT
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "12.5")
+    assert hub_module._metadata_timeout() == 12.5
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "soon")
+    assert hub_module._metadata_timeout() == hub_module.CONNECT_TIMEOUT

@@ -21,7 +21,8 @@ from deblurcli.errors import WeightsUnavailableError
 _TRUE = {"1", "on", "yes", "true"}
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # Seconds to wait for the Hub to accept a connection (and for the metadata request) before
-# deciding it is unreachable: huggingface_hub's own default retries for ~30 s.
+# deciding it is unreachable: huggingface_hub's own default retries for ~30 s. A slow link
+# raises the metadata wait with huggingface_hub's own variable, HF_HUB_ETAG_TIMEOUT.
 CONNECT_TIMEOUT = 3.0
 _PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
@@ -62,6 +63,14 @@ def hub_reachable(endpoint: str | None = None, timeout: float = CONNECT_TIMEOUT)
             return True
     except OSError:
         return False
+
+
+def _metadata_timeout() -> float:
+    """Seconds to wait for the metadata answer: ``HF_HUB_ETAG_TIMEOUT`` if set and valid."""
+    try:
+        return max(float(os.environ.get("HF_HUB_ETAG_TIMEOUT", CONNECT_TIMEOUT)), 0.1)
+    except ValueError:
+        return CONNECT_TIMEOUT
 
 
 @contextlib.contextmanager
@@ -136,7 +145,7 @@ def download(
                 endpoint=_endpoint(),
                 local_files_only=local_only,
                 force_download=force and not local_only,
-                etag_timeout=CONNECT_TIMEOUT,
+                etag_timeout=_metadata_timeout(),
             )
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
         why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
