@@ -4,6 +4,7 @@ CPU, and the thread count (issue 15)."""
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -18,9 +20,12 @@ from deblurcli.archs import create, get_spec
 from deblurcli.archs._blocks import ReflectionPad
 from deblurcli.cli import app
 from deblurcli.errors import ManifestError, UsageError
+from deblurcli.inference import batch as batch_mod
 from deblurcli.inference import device as dev_mod
-from deblurcli.inference import resolve_precision, restore, restore_tensor
+from deblurcli.inference import engine as engine_mod
+from deblurcli.inference import narrow_conv, resolve_precision, restore, restore_tensor
 from deblurcli.inference.fold import fold_batchnorm
+from deblurcli.inference.narrow_conv import narrow_convs, split_narrow_convs, splittable
 from deblurcli.weights import list_pretrained, load_manifest, load_model, save_checkpoint
 from tests._weights_helpers import entry_for, tiny_checkpoint, write_manifest
 from tests.conftest import natural_image
@@ -311,3 +316,134 @@ def test_reflection_pad_keeps_bf16_under_autocast_and_matches_torch():
     assert theirs.dtype == torch.float32  # autocast's fp32 policy: the copies we avoid
     assert ours.dtype == torch.bfloat16 and ours.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(ours.float(), theirs, atol=0, rtol=0)
+
+
+# ------------------------------------------------ narrow convs, upsampling, freed memory
+
+
+def _bf16_reference(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """The conv in fp64 on bf16-rounded input and weights: what a bf16 kernel approximates."""
+    w, b = (t.to(torch.bfloat16).double() for t in (conv.weight, conv.bias))
+    return F.conv2d(x.to(torch.bfloat16).double(), w, b, conv.stride, conv.padding)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding"), [(7, 1, 0), (7, 2, 3), (9, 1, 4), ((5, 3), (2, 1), (1, 2))]
+)
+def test_split_narrow_conv_matches_the_conv(kernel, stride, padding):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(32, 3, kernel, stride, padding).eval()
+    (found,) = narrow_convs(torch.nn.Sequential(conv))
+    x = torch.rand(2, 32, 23, 29).contiguous(memory_format=torch.channels_last)
+    keys = list(conv.state_dict())
+    with torch.no_grad(), split_narrow_convs([found]):
+        plain = conv(x)  # fp32 input: the conv as it was, bit for bit
+        split = conv(x.to(torch.bfloat16))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast_split = conv(x)
+        direct = conv._conv_forward(x.to(torch.bfloat16), conv.weight.to(torch.bfloat16),
+                                    conv.bias.to(torch.bfloat16))  # fmt: skip
+    assert "forward" not in conv.__dict__ and list(conv.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(plain, conv(x), atol=0, rtol=0)
+    reference = _bf16_reference(conv, x)
+    assert split.dtype == autocast_split.dtype == torch.bfloat16
+    assert split.shape == autocast_split.shape == reference.shape
+    torch.testing.assert_close(split, autocast_split, atol=0, rtol=0)
+    # Within a few bf16 roundings of the exact result, like the unsplit bf16 conv.
+    tol = 4 * float((direct.detach().double() - reference).abs().max()) + 1e-3
+    assert float((split.double() - reference).abs().max()) <= tol
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        torch.nn.Conv2d(32, 16, 7),  # a full output block: nothing to gain
+        torch.nn.Conv2d(32, 3, 1),  # 1×1
+        torch.nn.Conv2d(4, 3, 7),  # too few inputs for the split to pay
+        torch.nn.Conv2d(32, 4, 7, groups=2),
+        torch.nn.Conv2d(32, 3, 7, dilation=2),
+        torch.nn.Conv2d(32, 3, 7, padding="same"),
+        torch.nn.Conv2d(32, 3, 7, padding=3, padding_mode="reflect"),
+    ],
+)
+def test_convs_that_are_not_split(conv):
+    assert not splittable(conv) and narrow_convs(torch.nn.Sequential(conv)) == []
+
+
+def _wide_tail_edgenet() -> torch.nn.Module:
+    """Tiny edgenet whose 7×7 RGB tail (16 → 3) is wide enough to be split."""
+    torch.manual_seed(0)
+    config = {**get_spec("edgenet").tiny_config, "deblur_base": 16}
+    return create("edgenet", **config).eval()
+
+
+@pytest.mark.parametrize("tile", [0, 64])
+def test_bf16_restore_splits_the_tail_and_stays_close_to_fp32(tile, monkeypatch):
+    model = _wide_tail_edgenet()
+    (tail,) = narrow_convs(model)
+    assert tail is model.deblurnet.tail[1]
+    calls = []
+    real = narrow_conv._split_forward
+    monkeypatch.setattr(narrow_conv, "_split_forward", lambda c, x: calls.append(1) or real(c, x))
+    x = torch.from_numpy(natural_image(80, 112)).permute(2, 0, 1).contiguous()
+    exact = restore_tensor(model, x, tile=tile, device="cpu", precision="fp32")
+    assert not calls  # fp32 never splits
+    fast = restore_tensor(model, x, tile=tile, tile_overlap=32, device="cpu", precision="bf16")
+    assert len(calls) >= (1 if tile == 0 else 2)
+    assert "forward" not in tail.__dict__  # the caller's model is left as it was
+    assert float((fast - exact).abs().mean()) < 1 / 255
+    monkeypatch.setattr(narrow_conv, "_split_forward", real)
+    unsplit = _unsplit_bf16(model, x, tile, monkeypatch)
+    assert float((fast - unsplit).abs().mean()) < 0.25 / 255
+
+
+def _unsplit_bf16(model, x, tile, monkeypatch) -> torch.Tensor:
+    monkeypatch.setattr(engine_mod, "narrow_convs", lambda _m: [])
+    return restore_tensor(model, x, tile=tile, tile_overlap=32, device="cpu", precision="bf16")
+
+
+def test_cpu_without_native_bf16_runs_auto_in_fp32_unsplit(monkeypatch):
+    """The fallback: auto on a CPU without native bf16 is the plain fp32 forward, bit for bit."""
+    monkeypatch.setattr(dev_mod, "cpu_bf16_native", lambda: False)
+    model = _wide_tail_edgenet()
+    model.cpu_bf16 = True
+    monkeypatch.setattr(narrow_conv, "_split_forward", lambda *_a: pytest.fail("split in fp32"))
+    x = torch.from_numpy(natural_image(64, 80)).permute(2, 0, 1).contiguous()
+    auto = restore_tensor(model, x, tile=0, device="cpu", precision="auto")
+    with torch.no_grad():
+        plain = model(x[None])[0].clamp(0, 1)
+    torch.testing.assert_close(auto, plain, atol=0, rtol=0)
+
+
+_FAULTS = """
+import resource, sys, torch
+from deblurcli.inference.device import reuse_freed_memory
+print(reuse_freed_memory() if sys.argv[1] == "1" else False)
+for _ in range(2):  # 64 MiB, freed at once (the first reuse needs room for the alignment)
+    torch.ones(16 << 20)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.ones(16 << 20)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc malloc setting")
+def test_reuse_freed_memory_stops_page_faults_on_reallocation():
+    faults = {}
+    for flag in ("0", "1"):
+        res = subprocess.run([sys.executable, "-c", _FAULTS, flag], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        agreed, count = res.stdout.split()
+        faults[flag] = int(count)
+        assert agreed == ("True" if flag == "1" else "False"), res.stderr
+    assert faults["0"] > 4000  # 64 MiB of fresh 4 KiB pages (fewer with huge pages)
+    assert faults["1"] < faults["0"] / 10
+
+
+def test_cpu_restore_keeps_freed_memory(small_job, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(batch_mod, "reuse_freed_memory", lambda: calls.append(1) or True)
+    image, ckpt = small_job
+    assert restore(image, ckpt, tmp_path / "o", device="cpu").ok
+    assert calls == [1]

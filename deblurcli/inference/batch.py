@@ -42,7 +42,12 @@ from deblurcli.inference.classical import (
     create_classical,
     load_kernel_file,
 )
-from deblurcli.inference.device import pick_device, resolve_precision, set_threads
+from deblurcli.inference.device import (
+    pick_device,
+    resolve_precision,
+    reuse_freed_memory,
+    set_threads,
+)
 from deblurcli.inference.distributed import rank_and_world, shard
 from deblurcli.inference.engine import check_tiling, restore_tensor
 from deblurcli.inference.fold import fold_batchnorm
@@ -408,6 +413,8 @@ def restore(
     if warning:
         log.warning("%s", warning)
     dev = pick_device(device)
+    if dev.type == "cpu":
+        reuse_freed_memory()
     # A bad --precision is one usage error, not N failures.
     dtype = resolve_precision(precision, dev, net)
     summary.device, summary.precision = str(dev), _PRECISION_NAMES.get(dtype, "fp32")

@@ -12,6 +12,7 @@ from torch import nn
 
 from deblurcli.errors import DeviceMemoryError, UsageError
 from deblurcli.inference.device import autocast, channels_last, pick_device, resolve_precision
+from deblurcli.inference.narrow_conv import narrow_convs, split_narrow_convs
 from deblurcli.inference.norm_stats import InstanceNormStats, StopForward
 from deblurcli.inference.tiling import (
     MIN_TILE,
@@ -45,6 +46,8 @@ class _Runner:
         self.channels_last = channels_last(device, dtype)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        bf16_cpu = device.type == "cpu" and dtype == torch.bfloat16
+        self.narrow = narrow_convs(model) if bf16_cpu else []
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device, non_blocking=True)
@@ -52,7 +55,7 @@ class _Runner:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.dtype is not None:
             try:
-                with autocast(self.device, self.dtype):
+                with autocast(self.device, self.dtype), split_narrow_convs(self.narrow):
                     y = self.model(x).float()
                 if torch.isfinite(y).all():
                     return y
