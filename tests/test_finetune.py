@@ -156,7 +156,7 @@ def test_shipped_fp16_init_is_upcast_and_lineage_names_the_manifest(pairs: Path,
         _config(pairs, tmp_path / "ft2", init="simplecnn", arch_config={"logit_residual": False})
     )
     assert kept.model.arch_config["logit_residual"] is False
-    assert not kept.opt.state
+    assert not kept.learner.opt.state
 
 
 def test_resume_of_a_fine_tuned_run_keeps_its_weights_and_lineage(

@@ -72,8 +72,9 @@ def _eval_loss(trainer: Trainer, batch) -> float:
     """Recipe loss without the adversarial term, with the same dropout mask every time."""
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
-        blurred, sharp = trainer._to_device(batch[0]), trainer._to_device(batch[1])
-        terms = trainer._losses(blurred, sharp)
+        learner = trainer.learner
+        blurred, sharp = learner.to_device(batch[0]), learner.to_device(batch[1])
+        terms = learner.losses(blurred, sharp, trainer.step)
     return sum(float(v) for k, v in terms.items() if k != "adv")
 
 

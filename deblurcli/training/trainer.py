@@ -11,8 +11,9 @@ lock is held from :meth:`Trainer.begin` to :meth:`Trainer.finish`).
 
 The pieces, in the spirit of BasicSR's model/train split: :mod:`.config` (what a run is
 given and reports), :mod:`.recipes` (how each arch trains), :mod:`.losses` (the loss
-registry), :mod:`.loaders` (data), :mod:`.state` (checkpoint and resume) and this module,
-which wires them into one run and its loop.
+registry), :mod:`.learner` (the network, its losses and optimisers, one step: BasicSR's
+``SRModel``), :mod:`.loaders` (data), :mod:`.state` (checkpoint and resume) and this module,
+which builds one run from them and drives its loop.
 """
 
 from __future__ import annotations
@@ -20,12 +21,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
-import math
 import random
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from deblurcli.archs import create, create_discriminator, get_discriminator_spec, get_spec
+from deblurcli.archs import create, get_spec
 from deblurcli.data import dataset as ds
 from deblurcli.errors import TrainingDivergedError, UsageError
 from deblurcli.imageio import atomic_path, atomic_write_bytes
@@ -41,15 +39,14 @@ from deblurcli.inference.device import pick_device
 from deblurcli.locks import output_lock
 from deblurcli.metrics import psnr
 from deblurcli.training import distributed as dd
-from deblurcli.training import losses as L
 from deblurcli.training import state as run_state
 from deblurcli.training.config import DEFAULT_EVERY, TrainConfig, TrainResult, check_numbers
+from deblurcli.training.learner import Learner
 from deblurcli.training.loaders import build_data, train_batches
 from deblurcli.training.precision import Precision, resolve
 from deblurcli.training.progress import ProgressBar
 from deblurcli.training.recipes import LossTerm, Recipe, override, recipe_for_arch
 from deblurcli.training.runlog import MetricsLog
-from deblurcli.training.vgg import load_vgg19
 from deblurcli.training.warmstart import (
     INIT_KEY,
     InitSource,
@@ -63,7 +60,6 @@ from deblurcli.weights.checkpoint import save_checkpoint
 
 __all__ = ["DEFAULT_EVERY", "TrainConfig", "TrainResult", "Trainer", "arch_config", "train"]
 
-log = logging.getLogger(__name__)
 STATE_FILE = run_state.STATE_FILE
 RESULT_NAME = "result.json"  # what train() returned, as deblur train --json prints it
 
@@ -89,20 +85,6 @@ def _build(config: TrainConfig, init_base: dict[str, Any] | None = None) -> nn.M
             raise  # the defaults failing is a bug, not the user's doing
         given = " ".join(f"{k}={v!r}" for k, v in config.arch_config.items())
         raise UsageError(f"{given} does not fit {config.arch}: {exc}", option="config") from None
-
-
-class _Outputs(nn.Module):
-    """Wraps the model so DDP sees one forward that also returns edge logits (edgenet)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.with_edges = hasattr(model, "forward_with_edges")
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Any, Any]:
-        if self.with_edges:
-            return self.model.forward_with_edges(x)
-        return self.model(x), None, None
 
 
 class Trainer:
@@ -131,8 +113,9 @@ class Trainer:
         self._setup_model(source)
         # Data first: a bad --data is reported before any warning about the losses (VGG).
         self._setup_data()
-        self._setup_losses()
-        self._setup_optim()
+        self.learner = Learner(
+            self.model, self.recipe, self.cfg, **self._placement(), frozen=self.frozen
+        )
         self._start_counters()
 
     # ---------------------------------------------------------------- setup
@@ -141,6 +124,9 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
+
+    def _placement(self) -> dict[str, Any]:
+        return {"device": self.device, "dist": self.dist, "prec": self.prec}
 
     def _resume(self, config: TrainConfig, source: InitSource | None) -> TrainConfig:
         """The run's config: a resumed run's saved settings win over a changed command line."""
@@ -202,91 +188,6 @@ class Trainer:
         data = build_data(self.cfg, self.multiple)
         self.train_set, self.val_set, self.problems = data.train_set, data.val_set, data.problems
 
-    def _setup_losses(self) -> None:
-        self.vgg, self.perceptual, terms = self._perceptual_terms()
-        if not terms and self.recipe.adversarial is None:
-            raise UsageError("no loss terms left (perceptual was dropped); pass --loss")
-        self.terms = terms
-        shared = {"vgg": self.vgg, "arch": self.cfg.arch}
-        shared["has_edges"] = hasattr(self.model, "forward_with_edges")
-        self._loss_fns = [L.build_loss(t.name, layer=t.layer, **shared) for t in terms]
-
-    def _perceptual_terms(self) -> tuple[Any, str, list[LossTerm]]:
-        """The VGG19 of the perceptual terms, how it was found, and the recipe's terms (with
-        its fallback in place of the perceptual ones when the VGG19 weights are missing)."""
-        terms = list(self.recipe.losses)
-        layers = sorted({t.layer for t in terms if t.name == "perceptual"})
-        if not layers:
-            if self.cfg.vgg_weights is not None:
-                self._warn(
-                    "--vgg-weights ignored: %s has no perceptual term (add one with --loss)",
-                    self.recipe.describe().split(";")[0],
-                )
-            return None, "not used", terms
-        vgg, how = load_vgg19(layers, self.cfg.vgg_weights)
-        if vgg is not None:
-            return vgg.to(self.device), f"vgg19 {','.join(layers)} from {how}", terms
-        fallback = self.recipe.perceptual_fallback
-        msg = f"{how}: perceptual loss dropped"
-        msg += f", using {fallback} instead" if fallback else ""
-        self._warn("%s (pass --vgg-weights PATH to use it)", msg)
-        # The fallback keeps the content weight (×100 for deblurgan = pix2pix's L1 λ).
-        kept = [t for t in terms if t.name != "perceptual" or fallback]
-        terms = [dataclasses.replace(t, name=fallback, layer=None) if fallback else t for t in kept]
-        return None, "dropped", terms
-
-    def _warn(self, message: str, *args: object) -> None:
-        if self.dist.is_main:  # once per run, not once per rank
-            log.warning(message, *args)
-
-    def _setup_optim(self) -> None:
-        self.net = self._wrapped_model()
-        self.forward = torch.compile(self.net) if self.cfg.compile else self.net
-        r = self.recipe
-        opt_cls = torch.optim.AdamW if r.optimizer == "adamw" else torch.optim.Adam
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = opt_cls(trainable, lr=r.lr, betas=r.betas, weight_decay=r.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, self._lr_factor)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.prec.scaler)
-        self.critic, self.critic_opt = self._setup_critic()
-
-    def _wrapped_model(self) -> nn.Module:
-        """The model as the loop calls it: one forward with edges, under DDP when distributed."""
-        model: nn.Module = self.model
-        if self.prec.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        net: nn.Module = _Outputs(model)
-        if self.dist.enabled:
-            net = nn.parallel.DistributedDataParallel(
-                net,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.recipe.edge_pretrain > 0,
-            )
-        return net
-
-    def _setup_critic(self) -> tuple[nn.Module | None, torch.optim.Optimizer | None]:
-        """The discriminator the recipe names, and its optimiser (None, None without one)."""
-        adv = self.recipe.adversarial
-        if adv is None:
-            return None, None
-        # Tiny models get a critic of matching width so tests and CPU runs stay fast.
-        tiny = get_discriminator_spec(adv.critic).tiny_config if self.cfg.width == "tiny" else {}
-        critic = create_discriminator(adv.critic, **{**tiny, **self.cfg.critic_config})
-        critic = critic.to(self.device)
-        if self.prec.channels_last:
-            critic = critic.to(memory_format=torch.channels_last)
-        return critic, torch.optim.Adam(critic.parameters(), lr=adv.lr, betas=adv.betas)
-
-    def _lr_factor(self, step: int) -> float:
-        r, total = self.recipe, max(1, self.cfg.steps)
-        warm = min(1.0, (step + 1) / r.warmup_steps) if r.warmup_steps else 1.0
-        progress = min(1.0, step / total)
-        if r.schedule == "cosine":
-            return warm * 0.5 * (1 + math.cos(math.pi * progress))
-        if r.schedule == "linear":  # DeblurGAN: constant for the first half, then to zero
-            return warm * min(1.0, 2 * (1 - progress))
-        return warm
-
     def _start_counters(self) -> None:
         if self.dist.enabled:  # but different dropout/GP noise per rank
             torch.manual_seed(self.cfg.seed + 7919 * self.dist.rank)
@@ -308,19 +209,18 @@ class Trainer:
     def _state_path(self) -> Path:
         return run_state.state_path(self.run_dir)
 
-    def _stateful(self) -> dict[str, Any]:
-        """What the training state holds, by its keys in ``checkpoints/last.pt``."""
-        return {
-            "model": self.model,
-            "optimizer": self.opt,
-            "scheduler": self.sched,
-            "scaler": self.scaler,
-            "critic": self.critic,
-            "critic_optimizer": self.critic_opt,
-        }
+    @property
+    def terms(self) -> list[LossTerm]:
+        """The loss terms the run trains with (after a missing VGG19's fallback)."""
+        return self.learner.terms
+
+    @property
+    def perceptual(self) -> str:
+        """How the perceptual terms' VGG19 was found: "not used", "dropped" or its source."""
+        return self.learner.perceptual
 
     def _restore(self, state: dict[str, Any]) -> None:
-        run_state.load_into(self._stateful(), state)
+        run_state.load_into(self.learner.stateful(), state)
         self.step = int(state["step"])
         self.best_psnr = state.get("best_psnr")
         run_state.restore_rng(state["rng"], self.dist.rank, self.device)
@@ -330,7 +230,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         snapshot = run_state.snapshot(
-            self._stateful(),
+            self.learner.stateful(),
             step=self.step,
             rngs=rngs,
             best_psnr=self.best_psnr,
@@ -362,93 +262,17 @@ class Trainer:
         )
 
     # ---------------------------------------------------------------- steps
-    def _autocast(self) -> AbstractContextManager[Any]:
-        if self.prec.dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.prec.dtype)
-
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        t = t.to(self.device, non_blocking=True)
-        return t.contiguous(memory_format=torch.channels_last) if self.prec.channels_last else t
-
-    def _edge_stage(self) -> bool:
-        return self.step < int(self.recipe.edge_pretrain * self.cfg.steps)
-
-    def _critic_steps(self, blurred: torch.Tensor, sharp: torch.Tensor) -> float:
-        adv = self.recipe.adversarial
-        assert adv is not None and self.critic is not None and self.critic_opt is not None
-        self.critic.requires_grad_(True)
-        loss = torch.zeros(())
-        for _ in range(adv.n_critic):
-            with torch.no_grad(), self._autocast():
-                fake = self.forward(blurred)[0]
-            # fp32: the gradient penalty differentiates twice, bf16 is too coarse for it
-            loss = L.critic_loss(adv.kind, self.critic, sharp, fake, adv.gp_weight)
-            self.critic_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            dd.average_gradients(self.critic, self.dist)
-            self.critic_opt.step()
-        self.critic.requires_grad_(False)
-        return float(loss.detach())
-
-    def _losses(self, blurred: torch.Tensor, sharp: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self._autocast():
-            pred = L.Prediction(*self.forward(blurred))
-            terms: dict[str, torch.Tensor] = {}
-            edge_only = self._edge_stage()  # the edge branch alone, on its own loss
-            for term, loss_fn in zip(self.terms, self._loss_fns, strict=True):
-                if edge_only and term.name != "edge_bce":
-                    continue
-                weight = 1.0 if edge_only else term.weight
-                terms[term.name] = weight * loss_fn(pred, sharp)
-            adv = self.recipe.adversarial
-            if adv is not None and self.critic is not None:
-                adv_loss = L.generator_adv_loss(adv.kind, self.critic, pred.restored)
-                terms["adv"] = adv.weight * adv_loss
-        return terms
-
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor, Any]) -> dict[str, float]:
         """One optimisation step on a batch; returns the loss terms as floats."""
-        blurred, sharp = self._to_device(batch[0]), self._to_device(batch[1])
-        self.net.train()
-        for module in self.frozen:  # frozen batch-norm statistics stay as they are
-            module.eval()
-        critic = None
-        if self.recipe.adversarial is not None and not self._edge_stage():
-            critic = self._critic_steps(blurred, sharp)
-        terms = self._losses(blurred, sharp)
-        loss = sum(terms.values(), torch.zeros((), device=self.device))
-        self._check_loss(loss, terms)
-        self._optimise(loss)
-        out = {k: float(v.detach()) for k, v in terms.items()}
-        out["loss"] = float(loss.detach())
-        if critic is not None:
-            out["critic"] = critic
-        return out
-
-    def _check_loss(self, loss: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
-        if not dd.all_finite(loss, self.dist):
-            detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        try:
+            terms = self.learner.train_step(batch, self.step)
+        except TrainingDivergedError as exc:  # the run knows where its last checkpoint is
             raise TrainingDivergedError(
-                f"loss became {float(loss.detach())} at step {self.step + 1} ({detail}); "
-                f"last good checkpoint: {self._last_good()}; try a lower --lr or --precision fp32"
-            )
-        if not loss.requires_grad:
-            raise UsageError(
-                f"at step {self.step + 1} the loss reaches no trainable parameter "
-                f"(--freeze {' '.join(self.cfg.freeze)} froze them all); freeze less"
-            )
-
-    def _optimise(self, loss: torch.Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.recipe.grad_clip:
-            self.scaler.unscale_(self.opt)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.sched.step()
+                f"{exc}; last good checkpoint: {self._last_good()}; "
+                "try a lower --lr or --precision fp32"
+            ) from None
         self.step += 1
+        return terms
 
     def _last_good(self) -> str:
         path = self._state_path()
@@ -637,7 +461,7 @@ class Trainer:
         self.metrics.add(
             self.step,
             "train",
-            lr=self.sched.get_last_lr()[0],
+            lr=self.learner.lr(),
             loss=terms["loss"],
             terms=detail,
             patches_per_s=self.rate,
