@@ -204,3 +204,16 @@ def test_a_registered_loss_trains_by_name(tmp_path: Path, monkeypatch) -> None:
     result = train(config)
     assert result.step == 2 and len(calls) == 2 and calls[0][0] == 2
     assert "tv=" in (run / "metrics.csv").read_text()
+
+
+def test_saved_recipes_load_back_including_runs_from_before_named_critics() -> None:
+    import dataclasses
+
+    from deblurcli.training.recipes import RECIPES, Recipe
+
+    for recipe in RECIPES.values():  # config.json holds dataclasses.asdict(recipe) as JSON
+        saved = json.loads(json.dumps(dataclasses.asdict(recipe)))
+        assert Recipe.from_dict(saved) == recipe
+    old = json.loads(json.dumps(dataclasses.asdict(RECIPES["deblurgan"])))
+    del old["adversarial"]["critic"]  # a run folder written before the discriminator registry
+    assert Recipe.from_dict(old) == RECIPES["deblurgan"]

@@ -17,7 +17,7 @@ import torch
 from deblurcli.archs import get_spec
 from deblurcli.imageio import ImageData, find_images, read_image, write_image
 from deblurcli.inference import restore_tensor
-from deblurcli.training.recipes import Adversarial, LossTerm, Recipe
+from deblurcli.training.recipes import Recipe
 from deblurcli.weights import load_model, read_metadata
 
 
@@ -76,11 +76,7 @@ def dataset_text(train_photos: Path, patch_size: int, degrade: str) -> str:
 def run_recipe(run: Path) -> str:
     """The recipe the run really trained with: its saved recipe, overrides and fallbacks."""
     saved = json.loads((run / "config.json").read_text(encoding="utf-8"))["recipe"]
-    saved["losses"] = tuple(LossTerm(**t) for t in saved["losses"])
-    saved["betas"] = tuple(saved["betas"])
-    if saved.get("adversarial"):
-        saved["adversarial"] = Adversarial(**saved["adversarial"])
-    text = Recipe(**saved).describe()
+    text = Recipe.from_dict(saved).describe()
     if read_metadata(run / "model.safetensors").get("perceptual") == "dropped":
         fallback = saved.get("perceptual_fallback")
         text += f"; no VGG19 weights: perceptual term {f'→ {fallback}' if fallback else 'dropped'}"

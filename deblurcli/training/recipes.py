@@ -15,6 +15,7 @@ entry of its own (``deblurcli.archs.register_discriminator``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from deblurcli.errors import UsageError
 from deblurcli.training.losses import check_loss_name
@@ -70,6 +71,22 @@ class Recipe:
     # Loss used in place of the perceptual term when VGG19 weights are missing.
     perceptual_fallback: str | None = None
     notes: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        """The recipe ``dataclasses.asdict`` gave (as saved in a run's ``config.json``).
+
+        Runs saved before recipes named their critic get the named recipe's critic.
+        """
+        data = dict(data, losses=tuple(LossTerm(**t) for t in data["losses"]))
+        data["betas"] = tuple(data["betas"])
+        adversarial = data.get("adversarial")
+        if adversarial:
+            adversarial = dict(adversarial, betas=tuple(adversarial.get("betas", (0.5, 0.999))))
+            if "critic" not in adversarial:
+                adversarial["critic"] = RECIPES[data["name"]].adversarial.critic
+            data["adversarial"] = Adversarial(**adversarial)
+        return cls(**data)
 
     def describe(self) -> str:
         terms = " + ".join(
