@@ -20,19 +20,30 @@ from skimage.metrics import peak_signal_noise_ratio
 
 from deblurcli.archs import count_parameters, create, list_archs, resolve_config
 from deblurcli.imageio import ImageData, find_images, read_image, write_image
+from deblurcli.inference.device import cpu_bf16_native
 from deblurcli.pretraining.cohort_run import warm_start
 from deblurcli.pretraining.commands import read_result, run_lock, run_logged, shown
 from deblurcli.pretraining.pipeline import (
     MAX_FILE_BYTES,
     MAX_TOTAL_BYTES,
+    Options,
     Paths,
     check_same_model,
+    run_all,
     train_command,
 )
 from deblurcli.pretraining.plan import PlanError, load_cohort, load_plan
 from deblurcli.pretraining.scores import beats_shipped
 from deblurcli.weights import default_model_name, load_model
+from deblurcli.weights.checkpoint import (
+    ARCH_KEY,
+    CONFIG_KEY,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 from deblurcli.weights.manifest import (
+    CPU_BF16_MAX_DB,
     MANIFEST_PATH,
     format_manifest,
     load_manifest,
@@ -161,6 +172,7 @@ def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
     for family in ("gaussian", "motion", "noisy"):
         assert f"{family}_psnr_gain" in entry.scores
     assert entry.scores["restore_mp_per_s"] > 0
+    _assert_cpu_bf16_measured(entry, model, val, tmp_path, second.stdout)
 
     card = (tmp_path / "docs" / "simplecnn.md").read_text(encoding="utf-8")
     assert entry.sha256 in card and entry.recipe in card and "Independent check" in card
@@ -173,6 +185,32 @@ def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
     summary = (tmp_path / "runs" / "summary.md").read_text(encoding="utf-8")
     assert f"simplecnn (default) | {entry.scores['psnr']:.2f}" in summary
     assert _sha256(MANIFEST_PATH) == real_manifest  # the real manifest is never touched
+
+
+def _assert_cpu_bf16_measured(entry, model, val: Path, tmp_path: Path, out: str) -> None:
+    """The entry's bf16 delta is what ``deblur eval --benchmark --precision bf16`` measures
+    against the entry's fp32 benchmark PSNR; the loaded model carries the verdict."""
+    if not cpu_bf16_native():  # the driver cannot measure here (the other branch's test)
+        assert entry.cpu_bf16 is None and "[simplecnn] cpu_bf16 left out" in out
+        return
+    report = tmp_path / "bf16_report"
+    weights = tmp_path / "pretrained" / "simplecnn.safetensors"
+    args = ["eval", "--benchmark", "--benchmark-photos", str(val), "--benchmark-dir"]
+    args += [str(tmp_path / "bench"), "--model", str(weights), "--precision", "bf16"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "deblurcli", *args, "--report", str(report)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
+    bf16_psnr = next(r for r in summary["rows"] if r["kind"] == "model")["psnr"]
+    assert summary["settings"]["precision"] == "bf16"
+    # scores' psnr is rounded to 4 places, the delta computed before rounding
+    assert entry.cpu_bf16_psnr_delta == pytest.approx(bf16_psnr - entry.scores["psnr"], abs=2e-4)
+    assert entry.cpu_bf16 is (abs(entry.cpu_bf16_psnr_delta) <= CPU_BF16_MAX_DB)
+    assert model.cpu_bf16 is entry.cpu_bf16  # what --precision auto follows
 
 
 def _make_example_module():
@@ -380,3 +418,51 @@ def test_command_results_are_read_from_the_files_they_write(tmp_path):
     (tmp_path / "list.json").write_text("[1]")
     with pytest.raises(RuntimeError, match="does not hold a JSON object"):
         read_result(tmp_path / "list.json", "deblur eval")
+
+
+def test_without_native_bf16_the_keys_stay_only_for_unchanged_weights(
+    tmp_path, monkeypatch, capsys
+):
+    # cpu_bf16_native probes the hardware: this CPU is made one that cannot measure bf16.
+    monkeypatch.setattr("deblurcli.pretraining.pipeline.cpu_bf16_native", lambda: False)
+    train, val, _ = _photo_pool(tmp_path / "pool")
+    manifest = _empty_manifest(tmp_path / "weights_manifest.toml")
+    paths = Paths(
+        train_photos=train,
+        val_photos=val,
+        runs=tmp_path / "runs",
+        pretrained=tmp_path / "pretrained",
+        manifest=manifest,
+        docs=tmp_path / "docs",
+        benchmark_cache=tmp_path / "bench",
+    )
+    options = Options(width="tiny", jobs=1, speed_size=None)
+
+    def ship(steps: int) -> tuple[object, str]:
+        plan = {**load_plan(PLAN)["simplecnn"], "steps": steps, "threads": 1}
+        assert run_all({"simplecnn": plan}, paths, options) == 0
+        return load_manifest(manifest).entries[0], capsys.readouterr().out
+
+    first, out = ship(1)  # new weights, nothing measured before: no keys, and one line says so
+    assert first.cpu_bf16 is None and first.cpu_bf16_psnr_delta is None
+    assert "[simplecnn] cpu_bf16 left out: this CPU has no native bf16" in out
+    # As if measured on a CPU with native bf16; the entry is re-scored from the same weights.
+    text = manifest.read_text(encoding="utf-8").replace(
+        "shipped = true\n", "shipped = true\ncpu_bf16 = true\ncpu_bf16_psnr_delta = -0.0012\n"
+    )
+    manifest.write_text(text, encoding="utf-8")
+    same, out = ship(1)
+    assert same.sha256 == first.sha256 and "cpu_bf16" not in out
+    assert (same.cpu_bf16, same.cpu_bf16_psnr_delta) == (True, -0.0012)
+    # The run's best model changes (as when training on finds a better one): new weights.
+    best = tmp_path / "runs" / "simplecnn" / "model.safetensors"
+    model = load_checkpoint(best)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    meta = {k: v for k, v in read_metadata(best).items() if k not in (ARCH_KEY, CONFIG_KEY)}
+    save_checkpoint(model, best, metadata=meta)
+    changed, out = ship(1)
+    assert changed.sha256 != first.sha256
+    assert changed.cpu_bf16 is None and changed.cpu_bf16_psnr_delta is None
+    assert "[simplecnn] cpu_bf16 left out" in out
+    assert load_model("simplecnn", manifest=manifest).cpu_bf16 is None  # fp32 under auto

@@ -17,14 +17,21 @@ import torch
 from deblurcli.archs import get_spec
 from deblurcli.imageio import ImageData, find_images, read_image, write_image
 from deblurcli.inference import restore_tensor
+from deblurcli.inference.device import CPU_BF16_ATTR
 from deblurcli.training.recipes import Recipe
 from deblurcli.weights import load_model, read_metadata
 
 
-def restore_speed(model_path: Path, size: tuple[int, int], threads: int) -> float:
-    """Megapixels/s of ``deblur restore``'s default path (auto tiling, auto precision)."""
+def restore_speed(
+    model_path: Path, size: tuple[int, int], threads: int, cpu_bf16: bool | None = None
+) -> float:
+    """Megapixels/s of ``deblur restore``'s default path (auto tiling, auto precision).
+
+    ``cpu_bf16``: the model's manifest verdict, which auto precision follows on the CPU.
+    """
     torch.set_num_threads(threads)
     model = load_model(model_path)
+    setattr(model, CPU_BF16_ATTR, cpu_bf16)
     width, height = size
     image = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     restore_tensor(model, image[..., :64, :64], device="cpu")  # warm-up

@@ -3,7 +3,9 @@
 For each arch of the plan: ``deblur train`` (resumed after a kill; skipped when finished),
 the best checkpoint as fp16 safetensors, ``deblur eval --benchmark`` (and on the check
 photos), then the ``[[model]]`` entry in the manifest and the model card with a
-before/after picture. ``--from-bundle`` takes the models of a GPU cohort run instead of
+before/after picture. A model's ``cpu_bf16`` keys (whether ``--precision auto`` runs it in
+bf16 on a CPU with native bf16) are measured with ``deblur eval --benchmark --precision bf16``
+against the fp32 evaluation. ``--from-bundle`` takes the models of a GPU cohort run instead of
 training, and ships only those that beat the shipped ones.
 """
 
@@ -12,14 +14,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file
+
 from deblurcli.archs import count_parameters, get_spec, model_config
 from deblurcli.evaluation.report import SUMMARY_NAME
 from deblurcli.imageio import atomic_write_bytes
+from deblurcli.inference.device import cpu_bf16_native
 from deblurcli.pretraining.commands import (
     config_args,
     deblur_cmd,
@@ -41,6 +48,7 @@ from deblurcli.pretraining.plan import planned_model
 from deblurcli.pretraining.scores import (
     beats_shipped,
     flat_scores,
+    model_row,
     quality_bars,
     summary_row,
     summary_table,
@@ -56,7 +64,7 @@ from deblurcli.weights.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from deblurcli.weights.manifest import write_manifest
+from deblurcli.weights.manifest import CPU_BF16_MAX_DB, write_manifest
 
 MAX_FILE_BYTES = 30 * 1000 * 1000
 MAX_TOTAL_BYTES = 100 * 1000 * 1000
@@ -104,6 +112,7 @@ class Outcome:
     bars: dict[str, bool] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    note: str | None = None  # one line for the driver's summary
 
 
 # ---------------------------------------------------------------- training
@@ -167,11 +176,29 @@ def train(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> dict[str
     return result
 
 
+def _holds_export(target: Path, model: torch.nn.Module, meta: dict[str, str]) -> bool:
+    """Whether ``target`` already holds ``model`` in fp16 with the metadata ``meta``."""
+    if not target.is_file():
+        return False
+    had = {k: v for k, v in read_metadata(target).items() if k not in (ARCH_KEY, CONFIG_KEY)}
+    old = load_file(target)
+    new = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    same = old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in new)
+    return same and had == meta
+
+
 def export_fp16(run: Path, target: Path) -> Path:
-    """The run's best ``model.safetensors`` as fp16 at ``target`` (metadata kept)."""
+    """The run's best ``model.safetensors`` as fp16 at ``target`` (metadata kept).
+
+    A ``target`` that holds the same already is left alone: safetensors writes metadata in a
+    random order, and a new sha256 for the same weights would drop its ``cpu_bf16`` verdict
+    on a CPU that cannot measure it again.
+    """
     source = run / "model.safetensors"
     meta = {k: v for k, v in read_metadata(source).items() if k not in (ARCH_KEY, CONFIG_KEY)}
-    save_checkpoint(load_checkpoint(source), target, half=True, metadata=meta)
+    model = load_checkpoint(source)
+    if not _holds_export(target, model, meta):
+        save_checkpoint(model, target, half=True, metadata=meta)
     size = target.stat().st_size
     if size > MAX_FILE_BYTES:
         target.unlink()
@@ -180,21 +207,56 @@ def export_fp16(run: Path, target: Path) -> Path:
 
 
 def evaluate(
-    model: Path, photos: Path, paths: Paths, report: Path, log: Path, threads: int
+    model: Path,
+    photos: Path,
+    paths: Paths,
+    report: Path,
+    log: Path,
+    threads: int,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """``deblur eval --benchmark`` of ``model`` and the unsharp baseline on ``photos``.
 
+    The unsharp baseline is left out in another ``precision`` than fp32 (it has no weights).
     The summary is read from the report ``deblur eval`` writes into ``report``.
     """
     cmd = ["eval", "--benchmark", "--benchmark-photos", str(photos)]
     if paths.benchmark_cache is not None:
         cmd += ["--benchmark-dir", str(paths.benchmark_cache)]
-    cmd = deblur_cmd(*cmd, "--model", str(model), "--model", "unsharp", "--report", str(report))
+    cmd += ["--model", str(model)] + (["--model", "unsharp"] if precision == "fp32" else [])
+    cmd = deblur_cmd(*cmd, "--precision", precision, "--report", str(report))
     (report / SUMMARY_NAME).unlink(missing_ok=True)  # never read a previous call's
     proc = run_logged(cmd, log, threads)
     if proc.returncode != 0:
         raise failure("deblur eval", proc, log)
     return {**read_result(report / SUMMARY_NAME, "deblur eval"), "command": shown(cmd)}
+
+
+def cpu_bf16_keys(
+    target: Path, paths: Paths, fp32: dict[str, Any], threads: int
+) -> tuple[dict[str, Any], str | None]:
+    """The ``cpu_bf16`` keys of the model at ``target`` (``ARCH.safetensors``) and a note.
+
+    bf16 against ``fp32`` (the model's fp32 benchmark evaluation): the change of the mean
+    benchmark PSNR, as the shipped models' deltas were measured. A CPU without native bf16
+    cannot measure it; the manifest entry's keys then stay only if its weights are these.
+    """
+    arch, run = target.stem, paths.runs / target.stem
+    if not get_spec(arch).bf16_safe:
+        return {}, None  # --precision auto never runs it in bf16
+    if not cpu_bf16_native():
+        old = next((e for e in load_manifest(paths.manifest).entries if e.name == arch), None)
+        if old is not None and old.sha256 == sha256_file(target) and old.cpu_bf16 is not None:
+            kept = {"cpu_bf16": old.cpu_bf16, "cpu_bf16_psnr_delta": old.cpu_bf16_psnr_delta}
+            return {k: v for k, v in kept.items() if v is not None}, None
+        return {}, (
+            "cpu_bf16 left out: this CPU has no native bf16 to measure it, so --precision "
+            "auto runs the new weights in fp32 (re-score on a CPU with AVX512-BF16 or AMX)"
+        )
+    report, log = run / "eval_bf16", run / "pipeline.log"
+    bf16 = evaluate(target, paths.val_photos, paths, report, log, threads, precision="bf16")
+    delta = round(model_row(bf16)["psnr"] - model_row(fp32)["psnr"], 4)
+    return {"cpu_bf16": abs(delta) <= CPU_BF16_MAX_DB, "cpu_bf16_psnr_delta": delta}, None
 
 
 # ---------------------------------------------------------------- one arch
@@ -219,6 +281,7 @@ def _entry(
         "scores": scores,
         "benchmark": benchmark_rule(Path(info["eval"]["settings"]["data"])),
         "shipped": True,
+        **{k: info[k] for k in ("cpu_bf16", "cpu_bf16_psnr_delta") if k in info},
         "description": f"{info['title']}, trained on {trained.get('device', 'CPU')} for "
         f"{trained['step']} steps; recipe {info['recipe']}",
     }
@@ -260,6 +323,10 @@ def train_and_evaluate(arch: str, plan: dict[str, Any], paths: Paths, options: O
     picture = (run / "export" if bundled else paths.docs) / f"{arch}.png"
     bench = Path(info["eval"]["settings"]["data"])
     info["picture_source"] = before_after(target, bench, picture)
+    if not (bundled and refusal(scores, arch, paths.manifest)):  # measured for what may ship
+        start = time.perf_counter()
+        bf16, out.note = cpu_bf16_keys(target, paths, info["eval"], threads)
+        info.update(bf16, cpu_bf16_eval_s=round(time.perf_counter() - start, 1))
     out.entry = _entry(target, plan, paths, trained, info, scores)
     out.info = info
     return out
@@ -290,10 +357,15 @@ def finish(outcome: Outcome, paths: Paths, is_default: bool) -> None:
     atomic_write_bytes(result, json.dumps(info, indent=2, default=str).encode())
 
 
+def refusal(scores: dict[str, float], arch: str, manifest: Path) -> list[str]:
+    """Why a model with ``scores`` does not beat the shipped ``arch`` (empty: it does)."""
+    shipped = {e.name: e.scores for e in load_manifest(manifest).entries}
+    return beats_shipped(scores, shipped.get(arch, {}))
+
+
 def promote(outcome: Outcome, paths: Paths) -> bool:
     """Ship a cohort-trained model (weights and picture) if it beats the shipped one."""
-    shipped = {e.name: e.scores for e in load_manifest(paths.manifest).entries}
-    reasons = beats_shipped(outcome.entry["scores"], shipped.get(outcome.arch, {}))
+    reasons = refusal(outcome.entry["scores"], outcome.arch, paths.manifest)
     if reasons:
         print(f"[{outcome.arch}] not shipped: {'; '.join(reasons)}", flush=True)
         return False
@@ -331,7 +403,8 @@ def _measure_speed(outcome: Outcome, options: Options) -> None:
     """The default model's restore speed, into its card info and manifest scores."""
     assert outcome.file is not None and options.speed_size is not None
     threads = options.speed_threads or os.cpu_count() or 1
-    mp_per_s = restore_speed(outcome.file, options.speed_size, threads)
+    bf16 = outcome.entry.get("cpu_bf16")
+    mp_per_s = restore_speed(outcome.file, options.speed_size, threads, cpu_bf16=bf16)
     outcome.info.update(speed_size=options.speed_size, mp_per_s=mp_per_s, speed_threads=threads)
     outcome.entry["scores"]["restore_mp_per_s"] = round(mp_per_s, 4)
 
@@ -360,6 +433,8 @@ def run_all(plans: dict[str, dict[str, Any]], paths: Paths, options: Options) ->
     for o in outcomes:
         bars = ", ".join(f"{k}: {'ok' if v else 'FAIL'}" for k, v in o.bars.items())
         print(f"[{o.arch}] {o.error or bars or 'trained'}", flush=True)
+        if o.note and o in done:
+            print(f"[{o.arch}] {o.note}", flush=True)
     if done:
         rows = [
             summary_row(

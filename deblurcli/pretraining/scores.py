@@ -17,13 +17,17 @@ _SUMMARY_COLUMNS = (
 )
 
 
+def model_row(result: dict[str, Any]) -> dict[str, Any]:
+    """The (first) model's row of an eval summary."""
+    return next(r for r in result["rows"] if r["kind"] == "model")
+
+
 def rows_by_kind(result: dict[str, Any]) -> tuple[dict, dict, dict]:
     """(blurry input, unsharp baseline, model) rows of an eval summary."""
     rows = result["rows"]
     blurry = next(r for r in rows if r["kind"] == "input")
     unsharp = next(r for r in rows if r["key"] == "unsharp")
-    model = next(r for r in rows if r["kind"] == "model")
-    return blurry, unsharp, model
+    return blurry, unsharp, model_row(result)
 
 
 def flat_scores(result: dict[str, Any], prefix: str = "") -> dict[str, float]:
