@@ -368,6 +368,8 @@ def test_from_bundle_ships_only_a_model_that_beats_the_shipped_one(tmp_path):
     assert "trained on cuda:0 for 1 steps" in entry.description
     assert entry.recipe == "python scripts/train_pretrained.py --minutes 8"
     assert (tmp_path / "docs" / "simplecnn.png").is_file()
+    if cpu_bf16_native():  # a shipped cohort model gets its bf16 verdict too
+        assert entry.cpu_bf16 is (abs(entry.cpu_bf16_psnr_delta) <= CPU_BF16_MAX_DB)
 
     # Now the shipped model scores better than anything a one-step model reaches.
     text = manifest.read_text(encoding="utf-8").replace(
@@ -379,6 +381,9 @@ def test_from_bundle_ships_only_a_model_that_beats_the_shipped_one(tmp_path):
     assert refused.returncode == 0, refused.stdout + refused.stderr
     assert "[simplecnn] not shipped: psnr_gain" in refused.stdout
     assert (manifest.read_bytes(), weights.read_bytes()) == before
+    log = (tmp_path / "runs" / "simplecnn" / "pipeline.log").read_text(encoding="utf-8")
+    measured = 1 if cpu_bf16_native() else 0  # a model that does not ship is not measured
+    assert log.count("--precision bf16 --report") == measured
 
 
 def test_beats_shipped_needs_both_benchmark_and_check_photos():
