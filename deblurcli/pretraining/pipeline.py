@@ -255,7 +255,7 @@ def cpu_bf16_keys(
         )
     report, log = run / "eval_bf16", run / "pipeline.log"
     bf16 = evaluate(target, paths.val_photos, paths, report, log, threads, precision="bf16")
-    delta = round(model_row(bf16)["psnr"] - model_row(fp32)["psnr"], 4)
+    delta = round(model_row(bf16)["psnr"] - model_row(fp32)["psnr"], 4) + 0.0  # no -0.0
     return {"cpu_bf16": abs(delta) <= CPU_BF16_MAX_DB, "cpu_bf16_psnr_delta": delta}, None
 
 
