@@ -47,7 +47,7 @@ from deblurcli.archs import create, get_spec, list_archs
 from deblurcli.inference import restore_tensor
 from deblurcli.inference.device import default_threads, resolve_precision, reuse_freed_memory
 from deblurcli.inference.fold import fold_batchnorm
-from deblurcli.inference.tiling import plan_tiles, size_multiple
+from deblurcli.inference.tiling import auto_tile, default_overlap, plan_tiles, size_multiple
 from deblurcli.weights import list_pretrained, load_model, save_checkpoint
 from deblurcli.weights.manifest import default_model_name
 
@@ -164,19 +164,30 @@ def _shipped_table(args: argparse.Namespace) -> None:
             row += "".join(f"{results[c]['rss_mb']:>14.0f}MB" for c in _CONFIGS)
             print(row, flush=True)
             if name == default_model_name():
-                _print_target(name, speedup, args.shipped_size)
+                _print_target(name, speedup, args.shipped_size, _default_tiling(name, h, w))
 
 
 _TARGET = 3.0  # issue 15: the default model >= 3x today's fp32 at 1080p, <= 0.05 dB loss
 
 
-def _print_target(name: str, speedup: list[float], size: str) -> None:
-    """The issue-15 verdict for the default model: its auto/fp32 ratios against the target."""
-    verdict = "met" if min(speedup) >= _TARGET else "NOT met"
+def _default_tiling(name: str, height: int, width: int) -> str:
+    """What ``deblur restore``'s default ``--tile auto`` does with this image on this CPU."""
+    model = load_model(name)
+    multiple = size_multiple(model)
+    side = auto_tile(model, torch.device("cpu"), multiple, default_overlap(model))
+    return "whole" if side >= max(height, width) else f"tiled (tile {side})"
+
+
+def _print_target(name: str, speedup: list[float], size: str, default: str) -> None:
+    """The issue-15 verdict for the default model: the auto/fp32 ratio of the path that
+    ``deblur restore`` takes by default (``--tile auto``) decides; the other is shown."""
+    ratio = speedup[0] if default == "whole" else speedup[1]  # tiled: the closest measured
+    verdict = "met" if ratio >= _TARGET else "NOT met"
     note = "" if size == "1080x1920" else f" (measured at {size}; the target is for 1080x1920)"
     print(
         f"target: default model {name} auto/fp32 {speedup[0]:.2f}x whole, {speedup[1]:.2f}x "
-        f"tiled vs >= {_TARGET:.0f}x: {verdict}{note}",
+        f"tiled; deblur restore's default --tile auto runs this image {default} here, so "
+        f"{ratio:.2f}x vs >= {_TARGET:.0f}x: {verdict}{note}",
         flush=True,
     )
 
