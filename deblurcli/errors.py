@@ -7,55 +7,107 @@ one line and exits with ``exit_code``; library callers can catch it like any exc
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 
 class DeblurError(Exception):
-    """An error whose message is meant for the user, not a traceback."""
+    """An error whose message is meant for the user, not a traceback.
+
+    The library never spells a command-line flag: it does not know which command it serves.
+    A message names parameters as the library spells them, and the CLI names their flags
+    instead (:meth:`for_cli`):
+
+    * ``option`` is the offending parameter; the message reads as a sentence about it
+      ("must be >= 0" with ``option="tile_overlap"``: "tile_overlap must be >= 0", on the
+      command line "--tile-overlap must be >= 0"), or marks its spot with ``{option}``
+      ("unknown {option} 'x'").
+    * ``mentions`` are further parameters the message names, each marked ``{name}``
+      ("{init} and {resume} exclude each other" with ``mentions=("init", "resume")``:
+      "init and resume exclude each other", on the command line "--init and --resume
+      exclude each other"). Other braces in the message are left as they are.
+    """
 
     exit_code: int = 1
 
+    def __init__(
+        self, message: str = "", *, option: str | None = None, mentions: tuple[str, ...] = ()
+    ):
+        super().__init__(message)
+        self.option = option
+        self.mentions = tuple(mentions)
+
+    def __str__(self) -> str:
+        return self._naming(str)
+
     def for_cli(self) -> str:
-        """The message as the command line prints it (a :class:`UsageError` names the flag)."""
-        return str(self)
+        """The message as the command line prints it: parameters spelled as flags."""
+        return self._naming(flag_name)
+
+    def extended(
+        self, before: str = "", after: str = "", *, mentions: tuple[str, ...] = ()
+    ) -> DeblurError:
+        """A new error of this class whose message is ``before`` + this one + ``after``.
+
+        The parameters this message names keep their naming; ``before``/``after`` may mark
+        further ``mentions`` as ``{name}``.
+        """
+        message = str(self.args[0]) if self.args else ""
+        if self.option and "{option}" not in message:
+            message = f"{{option}} {message}"
+        named = (*self.mentions, *(m for m in mentions if m not in self.mentions))
+        return type(self)(f"{before}{message}{after}", option=self.option, mentions=named)
+
+    def _naming(self, spell: Callable[[str], str]) -> str:
+        message = str(self.args[0]) if self.args else ""
+        return name_parameters(message, self.option, self.mentions, spell)
+
+
+class Note:
+    """A line for the user that is no error (a logged warning), naming parameters as
+    :class:`DeblurError` does: ``log.warning(Note("{loss} is unused", mentions=("loss",)))``
+    logs "loss is unused"; the CLI's log handler prints :meth:`for_cli`, "--loss is unused".
+    """
+
+    def __init__(self, message: str, *, option: str | None = None, mentions: tuple[str, ...] = ()):
+        self.message, self.option, self.mentions = message, option, tuple(mentions)
+
+    def __str__(self) -> str:
+        return name_parameters(self.message, self.option, self.mentions, str)
+
+    def for_cli(self) -> str:
+        return name_parameters(self.message, self.option, self.mentions, flag_name)
+
+
+def name_parameters(
+    message: str, option: str | None, mentions: tuple[str, ...], spell: Callable[[str], str]
+) -> str:
+    """``message`` with ``{name}`` of each mention (and ``option``) spelled by ``spell``;
+    an ``option`` whose spot is not marked leads the sentence."""
+    for name in mentions:
+        message = message.replace(f"{{{name}}}", spell(name))
+    if not option:
+        return message
+    if "{option}" in message:
+        return message.replace("{option}", spell(option))
+    return f"{spell(option)} {message}"
+
+
+def flag_name(parameter: str) -> str:
+    """The command-line flag of a library parameter: ``tile_overlap`` -> ``--tile-overlap``."""
+    return f"--{parameter.replace('_', '-')}"
 
 
 class UsageError(DeblurError):
-    """The command was given arguments that cannot work together.
-
-    ``option`` names the offending parameter as the library spells it (``tile_overlap``);
-    the message then reads as a sentence about it ("tile_overlap must be >= 0") for library
-    callers, and the CLI names its flag instead (:meth:`for_cli`: "--tile-overlap must be
-    >= 0"). A message that names the option elsewhere than first marks the spot with
-    ``{option}`` ("unknown {option} 'x'"). The library never spells a flag itself: it does
-    not know which command it serves.
-    """
+    """Arguments that cannot work together (parameters named as in :class:`DeblurError`)."""
 
     exit_code = 2
-
-    def __init__(self, message: str, *, option: str | None = None):
-        super().__init__(message)
-        self.option = option
-
-    def __str__(self) -> str:
-        return self._naming(self.option)
-
-    def for_cli(self) -> str:
-        """The message with ``option`` spelled as the command-line flag."""
-        return self._naming(f"--{self.option.replace('_', '-')}" if self.option else None)
-
-    def _naming(self, name: str | None) -> str:
-        message = str(self.args[0]) if self.args else ""
-        if not name:
-            return message
-        if "{option}" in message:
-            return message.replace("{option}", name)
-        return f"{name} {message}"
 
 
 class UnknownArchError(UsageError, KeyError):
     """A name that is not in the architecture registry (a usage error: exit code 2)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
-        return UsageError.__str__(self)
+        return DeblurError.__str__(self)
 
 
 class ImageReadError(DeblurError):

@@ -149,7 +149,9 @@ def read_image(path: str | os.PathLike[str]) -> ImageData:
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(f"{path}: {exc} (raise the limit with --max-pixels)") from None
+        raise ImageReadError(
+            f"{path}: {exc} (raise the limit with {{max_pixels}})", mentions=("max_pixels",)
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = "empty file" if path.stat().st_size == 0 else f"not a readable image ({exc})"
         raise ImageReadError(f"{path}: {reason}") from None

@@ -80,3 +80,65 @@ def test_usage_error_names_the_parameter_in_the_library_and_the_flag_in_the_cli(
     assert result.exit_code == 2
     assert json.loads(result.stdout) == {"error": "--tile-overlap must be >= 0", "exit_code": 2}
     assert "--tile-overlap must be >= 0" in result.stderr
+
+
+def test_any_error_names_mentioned_parameters_in_the_library_and_flags_in_the_cli():
+    import pickle
+
+    import typer
+
+    from deblurcli.cli._common import friendly_errors
+    from deblurcli.errors import TrainingDivergedError, UsageError
+
+    both = UsageError("{init} and {resume} exclude each other", mentions=("init", "resume"))
+    assert str(both) == "init and resume exclude each other"
+    assert both.for_cli() == "--init and --resume exclude each other"
+    # A runtime error names parameters too; braces that mark no mention stay as they are.
+    error = TrainingDivergedError(
+        "loss became nan in {a,b}; try a lower {lr} or {precision} fp32",
+        mentions=("lr", "precision"),
+    )
+    assert str(error) == "loss became nan in {a,b}; try a lower lr or precision fp32"
+    assert error.for_cli() == "loss became nan in {a,b}; try a lower --lr or --precision fp32"
+    # option and mentions together; the naming survives pickling (worker processes).
+    width = UsageError("does not apply with {init}", option="tile_size", mentions=("init",))
+    assert str(width) == "tile_size does not apply with init"
+    copy = pickle.loads(pickle.dumps(width))
+    assert (type(copy), copy.for_cli()) == (UsageError, "--tile-size does not apply with --init")
+    # extended(): a new error of the same class, both parts keep their naming.
+    longer = width.extended("run: ", "; drop {resume}", mentions=("resume",))
+    assert isinstance(longer, UsageError) and longer.exit_code == 2
+    assert str(longer) == "run: tile_size does not apply with init; drop resume"
+    assert longer.for_cli() == "run: --tile-size does not apply with --init; drop --resume"
+
+    @friendly_errors
+    def command(as_json: bool = False) -> None:
+        raise error
+
+    runner_app = typer.Typer()
+    runner_app.command()(command)
+    result = CliRunner().invoke(runner_app, ["--as-json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"error": error.for_cli(), "exit_code": 1}
+    assert error.for_cli() in result.stderr
+
+
+def test_library_warnings_name_parameters_and_the_cli_prints_flags(caplog):
+    import logging
+
+    from deblurcli.errors import Note
+
+    note = Note("%s: {vgg_weights} ignored (add {loss})", mentions=("vgg_weights", "loss"))
+    with caplog.at_level("WARNING"):
+        logging.getLogger("deblurcli.test").warning(note, "run")
+    assert caplog.records[-1].getMessage() == "run: vgg_weights ignored (add loss)"
+    # The deblur command's log handler prints the flags.
+    code = (
+        "import logging, deblurcli.cli as cli\n"
+        "from deblurcli.errors import Note\n"
+        "note = Note('%s: {vgg_weights} ignored (add {loss})', mentions=('vgg_weights', 'loss'))\n"
+        "cli.app = lambda: logging.getLogger('deblurcli.x').warning(note, 'run')\n"
+        "cli.main()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stderr.strip() == "warning: run: --vgg-weights ignored (add --loss)"

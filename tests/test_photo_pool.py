@@ -201,7 +201,7 @@ def test_missing_apt_is_a_clear_error_and_wheels_still_come(tmp_path, pool, sour
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
     root = tmp_path / "root"
-    with pytest.raises(PhotoPoolError, match="apt-get is not available.*--debs-dir"):
+    with pytest.raises(PhotoPoolError, match="apt-get is not available.*pass debs_dir"):
         pp.fetch(root, pool=pool, wheels_dir=sources["wheels"])
     assert (root / "raw/wheel-c.png").is_file()
 

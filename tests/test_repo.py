@@ -21,25 +21,71 @@ def test_manifest_is_shipped_inside_the_package():
     assert linked.resolve() == (ROOT / "weights_manifest.toml").resolve()
 
 
-def _flag_spelling_usage_errors(path: Path) -> list[str]:
+def _deblur_error_classes(trees: list) -> set[str]:
+    """Names of DeblurError and every class that derives from it, in any module."""
     import ast
 
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if not (isinstance(node, ast.Call) and getattr(node.func, "id", "") == "UsageError"):
-            continue
-        texts = [c.value for c in ast.walk(node.args[0]) if isinstance(c, ast.Constant)]
-        if any(isinstance(t, str) and re.search(r"(?<![\w-])--[a-z]", t) for t in texts):
-            found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    bases = {
+        node.name: {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+        for tree in trees
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+    }
+    found = {"DeblurError"}
+    while grown := {name for name, parents in bases.items() if parents & found} - found:
+        found |= grown
     return found
 
 
-def test_library_usage_errors_name_parameters_not_flags():
-    # The library does not know which command serves it: UsageError(option=...) names the
-    # parameter, and the CLI spells it as a flag (errors.UsageError.for_cli).
-    # training/ still advises flags in places (its own rewording is a separate change).
-    library = [
-        p for p in (ROOT / "deblurcli").rglob("*.py") if not {"cli", "training"} & set(p.parts)
+def _flag_spelling_errors(path: Path, tree, classes: set[str], root: Path = ROOT) -> list[str]:
+    """``path:line`` of each DeblurError(...) whose message text spells a flag."""
+    import ast
+
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not node.args:
+            continue
+        if getattr(node.func, "id", getattr(node.func, "attr", "")) not in classes:
+            continue
+        texts = [c.value for c in ast.walk(node.args[0]) if isinstance(c, ast.Constant)]
+        if any(isinstance(t, str) and re.search(r"(?<![\w-])--[a-z]", t) for t in texts):
+            found.append(f"{path.relative_to(root)}:{node.lineno}")
+    return found
+
+
+def _library_flag_spellings() -> list[str]:
+    import ast
+
+    library = sorted(p for p in (ROOT / "deblurcli").rglob("*.py") if "cli" not in p.parts)
+    trees = {p: ast.parse(p.read_text(encoding="utf-8")) for p in library}
+    classes = _deblur_error_classes(list(trees.values()))
+    return [
+        hit for path, tree in trees.items() for hit in _flag_spelling_errors(path, tree, classes)
     ]
-    offenders = [hit for path in sorted(library) for hit in _flag_spelling_usage_errors(path)]
-    assert offenders == []
+
+
+def test_library_errors_name_parameters_not_flags():
+    # The library does not know which command serves it: an error names parameters
+    # (option=..., mentions=("init",) with "{init}" in the message) and the CLI spells them
+    # as flags (errors.DeblurError.for_cli). Every DeblurError subclass, training/ included.
+    assert _library_flag_spellings() == []
+
+
+def test_flag_spelling_check_catches_a_flag_put_back(tmp_path):
+    # The check above must be able to fail: a library module that raises a DeblurError
+    # subclass spelling a flag is reported.
+    import ast
+
+    module = tmp_path / "deblurcli" / "training" / "bad.py"
+    module.parent.mkdir(parents=True)
+    module.write_text(
+        "from deblurcli.errors import TrainingDivergedError\n"
+        "def f(lr):\n"
+        "    raise TrainingDivergedError(f'loss is NaN; try a lower --lr than {lr}')\n",
+        encoding="utf-8",
+    )
+    errors_tree = ast.parse((ROOT / "deblurcli" / "errors.py").read_text(encoding="utf-8"))
+    classes = _deblur_error_classes([errors_tree])
+    assert "TrainingDivergedError" in classes and "UnknownModelError" in classes
+    tree = ast.parse(module.read_text(encoding="utf-8"))
+    assert _flag_spelling_errors(module, tree, classes, tmp_path) == ["deblurcli/training/bad.py:3"]

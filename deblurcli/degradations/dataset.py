@@ -487,7 +487,7 @@ def _process_safely(job: _Job) -> tuple[str, dict | None, str | None]:
     except OutputWriteError:
         raise  # a full or read-only disk ends the run, it is no fault of this image
     except DeblurError as exc:
-        return job.rel, None, str(exc)
+        return job.rel, None, exc.for_cli()  # the CLI prints the problems as they are
     except MemoryError:
         return job.rel, None, f"{job.source}: out of memory (try --resize or --crop)"
     except (OSError, ValueError, cv2.error) as exc:
@@ -597,7 +597,7 @@ def _apply_geometry(data: ImageData, geometry: Geometry, source: Path) -> ImageD
         n = geometry.crop
         h, w = pixels.shape[:2]
         if n > min(h, w):
-            raise DeblurError(f"{source}: {w}x{h} is smaller than --crop {n}")
+            raise DeblurError(f"{source}: {w}x{h} is smaller than {{crop}} {n}", mentions=("crop",))
         top, left = (h - n) // 2, (w - n) // 2
         pixels = pixels[top : top + n, left : left + n]
         alpha = None if alpha is None else alpha[top : top + n, left : left + n]

@@ -55,7 +55,7 @@ def write_report(result: EvalResult, folder: str | Path) -> list[Path]:
         _save(comparison_figure(result), paths[2])
         _save(gain_figure(result), paths[3])
     except OSError as exc:
-        raise DeblurError(f"--report {folder}: cannot write the report ({exc})") from None
+        raise DeblurError(f"{folder}: cannot write the report ({exc})", option="report") from None
     return paths
 
 

@@ -216,8 +216,9 @@ def resolve_candidates(
             names = [entry.name for entry in list_pretrained()]
             if not names:
                 raise WeightsUnavailableError(
-                    "--model all: no pretrained weights are available yet; "
-                    "pass --model PATH to a checkpoint from 'deblur train'"
+                    "{model} all: no pretrained weights are available yet; "
+                    "pass {model} PATH to a checkpoint from 'deblur train'",
+                    mentions=("model",),
                 )
             values += [(name, True) for name in names]
         else:
@@ -239,11 +240,15 @@ def resolve_candidates(
                 if not from_all:
                     raise
                 if notes is not None:
-                    notes.append(f"--model all: skipped {exc}")
+                    notes.append(
+                        exc.extended("{model} all: skipped ", mentions=("model",)).for_cli()
+                    )
                 continue
             candidates.append(_model_candidate(model, key, label, options, device))
     if not candidates:
-        raise WeightsUnavailableError("--model all: none of the pretrained models is available")
+        raise WeightsUnavailableError(
+            "{model} all: none of the pretrained models is available", mentions=("model",)
+        )
     return candidates
 
 
@@ -432,7 +437,7 @@ class _ScoringRun:
             try:
                 loaded = _load_pair(pair, options)
             except DeblurError as exc:
-                problems.append(str(exc))
+                problems.append(exc.for_cli())  # printed as it is by the CLI
                 continue
             self.score_pair(loaded, keep_sample=want_sample)
             want_sample = False

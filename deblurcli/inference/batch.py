@@ -451,7 +451,8 @@ def _output_label(output: str | os.PathLike[str] | None) -> str:
 
 
 def _one_line(exc: BaseException, path: Path | None = None) -> str:
-    text = " ".join(str(exc).split())
+    # per-file failures are printed as they are: name parameters as the command line does
+    text = " ".join((exc.for_cli() if isinstance(exc, DeblurError) else str(exc)).split())
     prefix = f"{path}: "
     return text[len(prefix) :] if path is not None and text.startswith(prefix) else text
 
@@ -483,11 +484,15 @@ def _restore_file(
     try:
         out = restore_tensor(model, tensor, **engine)
     except MemoryError:
-        raise DeblurError("out of memory: try a smaller --tile or --batch-size") from None
+        raise DeblurError(
+            "out of memory: try a smaller {tile} or {batch_size}", mentions=("tile", "batch_size")
+        ) from None
     except RuntimeError as exc:  # e.g. "DefaultCPUAllocator: can't allocate memory"
         if "memory" not in str(exc).lower():
             raise DeblurError(f"the model failed on this image: {_one_line(exc)[:200]}") from None
-        raise DeblurError(f"out of memory ({_one_line(exc)[:120]}); try a smaller --tile") from None
+        raise DeblurError(
+            f"out of memory ({_one_line(exc)[:120]}); try a smaller {{tile}}", mentions=("tile",)
+        ) from None
     except ValueError as exc:
         raise DeblurError(f"the model failed on this image: {_one_line(exc)[:200]}") from None
     del tensor

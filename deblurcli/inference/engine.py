@@ -221,7 +221,8 @@ def _restore_with_retry(
             if smaller < floor:
                 raise DeviceMemoryError(
                     f"out of memory on {runner.device} even with tile {current}; "
-                    "try --device cpu or a smaller --batch-size"
+                    "try {device} cpu or a smaller {batch_size}",
+                    mentions=("device", "batch_size"),
                 ) from None
             log.warning("out of memory with tile %d; retrying with tile %d", current, smaller)
             side = smaller

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from deblurcli.archs import create_discriminator, get_discriminator_spec
-from deblurcli.errors import TrainingDivergedError, UsageError
+from deblurcli.errors import Note, TrainingDivergedError, UsageError
 from deblurcli.training import distributed as dd
 from deblurcli.training import losses as L
 from deblurcli.training.config import TrainConfig
@@ -69,7 +69,9 @@ class Learner:
     def _setup_losses(self) -> None:
         self.vgg, self.perceptual, terms = self._perceptual_terms()
         if not terms and self.recipe.adversarial is None:
-            raise UsageError("no loss terms left (perceptual was dropped); pass --loss")
+            raise UsageError(
+                "no loss terms left (perceptual was dropped); pass {loss}", mentions=("loss",)
+            )
         self.terms = terms
         shared = {"vgg": self.vgg, "arch": self.cfg.arch}
         shared["has_edges"] = hasattr(self.model, "forward_with_edges")
@@ -83,7 +85,10 @@ class Learner:
         if not layers:
             if self.cfg.vgg_weights is not None:
                 self._warn(
-                    "--vgg-weights ignored: %s has no perceptual term (add one with --loss)",
+                    Note(
+                        "{vgg_weights} ignored: %s has no perceptual term (add one with {loss})",
+                        mentions=("vgg_weights", "loss"),
+                    ),
                     self.recipe.describe().split(";")[0],
                 )
             return None, "not used", terms
@@ -93,13 +98,13 @@ class Learner:
         fallback = self.recipe.perceptual_fallback
         msg = f"{how}: perceptual loss dropped"
         msg += f", using {fallback} instead" if fallback else ""
-        self._warn("%s (pass --vgg-weights PATH to use it)", msg)
+        self._warn(Note("%s (pass {vgg_weights} PATH to use it)", mentions=("vgg_weights",)), msg)
         # The fallback keeps the content weight (×100 for deblurgan = pix2pix's L1 λ).
         kept = [t for t in terms if t.name != "perceptual" or fallback]
         terms = [dataclasses.replace(t, name=fallback, layer=None) if fallback else t for t in kept]
         return None, "dropped", terms
 
-    def _warn(self, message: str, *args: object) -> None:
+    def _warn(self, message: Note, *args: object) -> None:
         if self.dist.is_main:  # once per run, not once per rank
             log.warning(message, *args)
 
@@ -247,7 +252,8 @@ class Learner:
         if not loss.requires_grad:
             raise UsageError(
                 f"at step {step + 1} the loss reaches no trainable parameter "
-                f"(--freeze {' '.join(self.cfg.freeze)} froze them all); freeze less"
+                f"({{freeze}} {' '.join(self.cfg.freeze)} froze them all); freeze less",
+                mentions=("freeze",),
             )
 
     def _optimise(self, loss: torch.Tensor) -> None:

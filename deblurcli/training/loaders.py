@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from deblurcli._process import die_with_parent
 from deblurcli.data import dataset as ds
-from deblurcli.errors import UsageError
+from deblurcli.errors import Note, UsageError
 from deblurcli.imageio import find_images
 from deblurcli.training.config import TrainConfig
 from deblurcli.training.distributed import DistInfo
@@ -61,7 +61,9 @@ def build_data(cfg: TrainConfig, multiple: int) -> RunData:
 def _training_examples(cfg: TrainConfig, problems: list[str]) -> list[ds.Example]:
     if cfg.degrade:
         if cfg.data is None:
-            raise UsageError("--degrade needs --data DIR of sharp images")
+            raise UsageError(
+                "{degrade} needs {data} DIR of sharp images", mentions=("degrade", "data")
+            )
         return degrade_sources(cfg.data)
     from deblurcli.data.pairs import find_pairs
 
@@ -134,14 +136,18 @@ def find_pairs_or_hint(data: Path | None) -> Any:
     from deblurcli.data.pairs import find_pairs
 
     if data is None:
-        raise UsageError("give --data DIR, or --sharp DIR and --blurred DIR")
+        raise UsageError(
+            "give {data} DIR, or {sharp} DIR and {blurred} DIR",
+            mentions=("data", "sharp", "blurred"),
+        )
     try:
         return find_pairs(data)
     except UsageError as exc:
         if data.is_dir() and find_images(data, recursive=False):
-            raise UsageError(
-                f"{exc}; to train on sharp-only images, blur them on the fly with "
-                "--degrade motion|gaussian|mix"
+            raise exc.extended(
+                after="; to train on sharp-only images, blur them on the fly with "
+                "{degrade} motion|gaussian|mix",
+                mentions=("degrade",),
             ) from None
         raise
 
@@ -159,7 +165,10 @@ def degrade_sources(folder: Path) -> list[ds.Example]:
         except UsageError:  # plain photos: every image is a sharp source
             return ds.sharp_only_examples(folder)
     log.warning(
-        "%s holds sharp/blurred pairs: --degrade uses its %d sharp images only",
+        Note(
+            "%s holds sharp/blurred pairs: {degrade} uses its %d sharp images only",
+            mentions=("degrade",),
+        ),
         folder,
         len(examples),
     )

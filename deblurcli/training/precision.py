@@ -64,7 +64,7 @@ def resolve(arch: str, device: torch.device, value: str = "auto") -> Precision:
     if device.type != "cpu":  # MPS: fp32, no measurements to go on
         return Precision("fp32", None, False, channels_last=False)
     if value == "fp16":
-        raise UsageError("--precision fp16 needs CUDA; on the CPU use bf16 or fp32")
+        raise UsageError("fp16 needs CUDA; on the CPU use bf16 or fp32", option="precision")
     if value == "auto":
         fast = spec.cpu_train_bf16 and spec.bf16_safe and cpu_bf16_native()
         value = "bf16" if fast else "fp32"

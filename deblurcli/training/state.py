@@ -55,8 +55,9 @@ def merge_saved(config: TrainConfig, saved: dict[str, Any], run_dir: Path) -> Tr
     """``config`` with the saved run's settings, except the ones that may change on resume."""
     if config.arch is not None and saved.get("arch", config.arch) != config.arch:
         raise UsageError(
-            f"{run_dir} holds a {saved['arch']} run; resume it with --arch "
-            f"{saved['arch']} (or choose another --out for {config.arch})"
+            f"{run_dir} holds a {saved['arch']} run; resume it with {{arch}} "
+            f"{saved['arch']} (or choose another {{out}} for {config.arch})",
+            mentions=("arch", "out"),
         )
     free = set(_FREE_ON_RESUME)
     # Cadence: the saved run's unless given again on this command line.

@@ -132,8 +132,9 @@ class Trainer:
         """The run's config: a resumed run's saved settings win over a changed command line."""
         if not config.resume and self._state_path().exists():
             raise UsageError(
-                f"{self.run_dir} already holds a training run; pass --resume to continue it "
-                "or choose another --out"
+                f"{self.run_dir} already holds a training run; pass {{resume}} to continue it "
+                "or choose another {out}",
+                mentions=("resume", "out"),
             )
         self.lineage = source.lineage if source is not None else None
         self.state = run_state.load_state(self.run_dir) if config.resume else None
@@ -267,9 +268,10 @@ class Trainer:
         try:
             terms = self.learner.train_step(batch, self.step)
         except TrainingDivergedError as exc:  # the run knows where its last checkpoint is
-            raise TrainingDivergedError(
-                f"{exc}; last good checkpoint: {self._last_good()}; "
-                "try a lower --lr or --precision fp32"
+            raise exc.extended(
+                after=f"; last good checkpoint: {self._last_good()}; "
+                "try a lower {lr} or {precision} fp32",
+                mentions=("lr", "precision"),
             ) from None
         self.step += 1
         return terms
@@ -485,12 +487,15 @@ def _init_source(config: TrainConfig) -> InitSource | None:
         return None
     if config.resume:
         raise UsageError(
-            "--init and --resume are exclusive: --resume continues a run (a run "
-            "started with --init keeps its weights and lineage), --init starts a new one"
+            "{init} and {resume} are exclusive: {resume} continues a run (a run "
+            "started with {init} keeps its weights and lineage), {init} starts a new one",
+            mentions=("init", "resume"),
         )
     if config.width != "default":
         raise UsageError(
-            f"--width does not apply with --init: the model's config comes from {config.init}"
+            f"does not apply with {{init}}: the model's config comes from {config.init}",
+            option="width",
+            mentions=("init",),
         )
     return load_init(config.init)
 
@@ -500,7 +505,10 @@ def _with_arch_and_out(config: TrainConfig, source: InitSource | None) -> TrainC
     if source is not None:
         config = dataclasses.replace(config, arch=check_arch(source, config.arch, config.init))
     if config.arch is None and not (config.resume and config.out is not None):
-        raise UsageError("give the architecture to train (--arch NAME) or --init MODEL")
+        raise UsageError(
+            "give the architecture to train ({arch} NAME) or {init} MODEL",
+            mentions=("arch", "init"),
+        )
     if config.out is None:
         config = dataclasses.replace(config, out=Path("runs") / config.arch)
     return config

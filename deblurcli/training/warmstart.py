@@ -72,8 +72,9 @@ def check_arch(source: InitSource, arch: str | None, value: str) -> str:
     """The run's arch: MODEL's; an ``--arch`` that names another is a usage error."""
     if arch is not None and arch != source.arch:
         raise UsageError(
-            f"--init {value} is a {source.arch} model but --arch says {arch}; "
-            f"drop --arch or pass --arch {source.arch}"
+            f"{{init}} {value} is a {source.arch} model but {{arch}} says {arch}; "
+            f"drop {{arch}} or pass {{arch}} {source.arch}",
+            mentions=("init", "arch"),
         )
     return source.arch
 
@@ -92,8 +93,9 @@ def load_init_weights(model: nn.Module, source: InitSource, overrides: dict[str,
         if old is None or new is None or old.shape != new.shape:
             given = " ".join(f"{k}={v!r}" for k, v in overrides.items()) or "(none)"
             raise UsageError(
-                f"--config {given} changes parameter {name} of the --init model "
-                f"({_shape(old)} -> {_shape(new)}); only overrides that keep every shape apply"
+                f"{{config}} {given} changes parameter {name} of the {{init}} model "
+                f"({_shape(old)} -> {_shape(new)}); only overrides that keep every shape apply",
+                mentions=("config", "init"),
             )
     model.load_state_dict(source.state)
 
@@ -116,12 +118,15 @@ def freeze(model: nn.Module, prefixes: tuple[str, ...]) -> list[nn.Module]:
         if not any(n.startswith(prefix) for n in names):
             tops = sorted({n.split(".")[0] for n in names})
             raise UsageError(
-                f"--freeze {prefix}: no parameter of {model.arch_name} starts with it "
-                f"(top-level names: {', '.join(tops)})"
+                f"{prefix}: no parameter of {model.arch_name} starts with it "
+                f"(top-level names: {', '.join(tops)})",
+                option="freeze",
             )
     for name, param in model.named_parameters():
         if name.startswith(prefixes):
             param.requires_grad_(False)
     if not any(p.requires_grad for p in model.parameters()):
-        raise UsageError(f"--freeze {' '.join(prefixes)} freezes every parameter; nothing to train")
+        raise UsageError(
+            f"{' '.join(prefixes)} freezes every parameter; nothing to train", option="freeze"
+        )
     return [m for n, m in model.named_modules() if n and f"{n}.".startswith(prefixes)]

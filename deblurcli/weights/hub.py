@@ -153,7 +153,8 @@ def download(
         raise WeightsUnavailableError(
             f"{what} is not in the Hugging Face cache ({cache}) and {why}; run 'deblur weights "
             f"download {fetch}' where the Hub is reachable and copy that cache (HF_HOME) here, "
-            "or pass --model PATH to a local checkpoint"
+            "or pass {model} PATH to a local checkpoint",
+            mentions=("model",),
         ) from None
     except GatedRepoError:
         raise WeightsUnavailableError(f"{what}: the repository is gated; log in first") from None

@@ -319,12 +319,14 @@ def get_pretrained(name: str, manifest: ManifestLike = None) -> PretrainedEntry:
         return entry
     if not m.entries:
         raise WeightsUnavailableError(
-            f"'{name}': no pretrained weights are available yet; pass --model PATH to a "
-            "model.safetensors written by 'deblur train'"
+            f"'{name}': no pretrained weights are available yet; pass {{model}} PATH to a "
+            "model.safetensors written by 'deblur train'",
+            mentions=("model",),
         )
     raise UnknownModelError(
         f"'{name}' is not a pretrained model; known: {', '.join(m.names())} "
-        "(or pass --model PATH to a checkpoint)"
+        "(or pass {model} PATH to a checkpoint)",
+        mentions=("model",),
     )
 
 

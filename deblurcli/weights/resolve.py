@@ -92,7 +92,8 @@ def fetch_weights(entry: PretrainedEntry, *, verify: bool = True) -> Path:
     if not (entry.hub_repo and entry.revision):
         raise WeightsUnavailableError(
             f"'{entry.name}': {entry.file} is not shipped with this install and not published "
-            "on the Hub yet; pass --model PATH to a local checkpoint"
+            "on the Hub yet; pass {model} PATH to a local checkpoint",
+            mentions=("model",),
         )
     path = hub.cached_file(entry.hub_repo, entry.file, entry.revision) or hub.download(
         entry.hub_repo, entry.file, entry.revision, name=entry.name
@@ -132,8 +133,9 @@ def _resolve(
         value = default_model_name(manifest)
         if value is None:
             raise WeightsUnavailableError(
-                "no pretrained weights are available yet; pass --model PATH to a "
-                "model.safetensors written by 'deblur train'"
+                "no pretrained weights are available yet; pass {model} PATH to a "
+                "model.safetensors written by 'deblur train'",
+                mentions=("model",),
             )
     text = os.fspath(value)
     if isinstance(value, str) and text.startswith(HF_PREFIX):
