@@ -137,8 +137,11 @@ def test_library_warnings_name_parameters_and_the_cli_prints_flags(caplog):
         "import logging, deblurcli.cli as cli\n"
         "from deblurcli.errors import Note\n"
         "note = Note('%s: {vgg_weights} ignored (add {loss})', mentions=('vgg_weights', 'loss'))\n"
-        "cli.app = lambda: logging.getLogger('deblurcli.x').warning(note, 'run')\n"
+        "from deblurcli.errors import ImageReadError\n"
+        "error = ImageReadError('x.png: raise {max_pixels}', mentions=('max_pixels',))\n"
+        "cli.app = lambda: logging.getLogger('deblurcli.x').warning(note, error)\n"
         "cli.main()\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert proc.stderr.strip() == "warning: run: --vgg-weights ignored (add --loss)"
+    expected = "warning: x.png: raise --max-pixels: --vgg-weights ignored (add --loss)"
+    assert proc.stderr.strip() == expected

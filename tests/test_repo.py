@@ -37,17 +37,22 @@ def _deblur_error_classes(trees: list) -> set[str]:
     return found
 
 
+_WRAPPERS = {"extended", "Note"}  # DeblurError.extended, errors.Note (logged warnings)
+
+
 def _flag_spelling_errors(path: Path, tree, classes: set[str], root: Path = ROOT) -> list[str]:
-    """``path:line`` of each DeblurError(...) whose message text spells a flag."""
+    """``path:line`` of each DeblurError(...), ``exc.extended(...)`` or logged ``Note(...)``
+    whose message text spells a flag."""
     import ast
 
     found = []
     for node in ast.walk(tree):
-        if not isinstance(node, ast.Call) or not node.args:
+        if not isinstance(node, ast.Call):
             continue
-        if getattr(node.func, "id", getattr(node.func, "attr", "")) not in classes:
+        if getattr(node.func, "id", getattr(node.func, "attr", "")) not in {*classes, *_WRAPPERS}:
             continue
-        texts = [c.value for c in ast.walk(node.args[0]) if isinstance(c, ast.Constant)]
+        parts = [*node.args, *(k.value for k in node.keywords)]
+        texts = [c.value for part in parts for c in ast.walk(part) if isinstance(c, ast.Constant)]
         if any(isinstance(t, str) and re.search(r"(?<![\w-])--[a-z]", t) for t in texts):
             found.append(f"{path.relative_to(root)}:{node.lineno}")
     return found
@@ -81,11 +86,17 @@ def test_flag_spelling_check_catches_a_flag_put_back(tmp_path):
     module.write_text(
         "from deblurcli.errors import TrainingDivergedError\n"
         "def f(lr):\n"
-        "    raise TrainingDivergedError(f'loss is NaN; try a lower --lr than {lr}')\n",
+        "    raise TrainingDivergedError(f'loss is NaN; try a lower --lr than {lr}')\n"
+        "def g(exc):\n"
+        "    raise exc.extended(after='; try --precision fp32')\n"
+        "def h(log):\n"
+        "    log.warning(Note('%s: --degrade uses sharp images', mentions=()), 'x')\n",
         encoding="utf-8",
     )
     errors_tree = ast.parse((ROOT / "deblurcli" / "errors.py").read_text(encoding="utf-8"))
     classes = _deblur_error_classes([errors_tree])
     assert "TrainingDivergedError" in classes and "UnknownModelError" in classes
     tree = ast.parse(module.read_text(encoding="utf-8"))
-    assert _flag_spelling_errors(module, tree, classes, tmp_path) == ["deblurcli/training/bad.py:3"]
+    assert _flag_spelling_errors(module, tree, classes, tmp_path) == [
+        f"deblurcli/training/bad.py:{line}" for line in (3, 5, 7)
+    ]

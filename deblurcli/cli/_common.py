@@ -83,9 +83,13 @@ def friendly_errors(func: F) -> F:
 
 
 def flag_naming(record: logging.LogRecord) -> bool:
-    """Logging filter: a library warning that names parameters (errors.Note) names flags."""
+    """Logging filter: a library warning that names parameters (an ``errors.Note``, or a
+    ``DeblurError`` among its arguments) names their flags on the command line."""
     if isinstance(record.msg, Note):
         record.msg = record.msg.for_cli()
+    if isinstance(record.args, tuple):
+        named = (Note, DeblurError)
+        record.args = tuple(a.for_cli() if isinstance(a, named) else a for a in record.args)
     return True
 
 

@@ -106,7 +106,7 @@ def load_checkpoint(
     ``arch``/``config`` are needed only for legacy ``.pth`` files, which carry no metadata.
     """
     no_arch = (
-        "carries no architecture; name it with --arch NAME (e.g. 'deblur restore --arch "
+        "carries no architecture; name it with {arch} NAME (e.g. 'deblur restore --arch "
         "edgenet -m FILE', and 'deblur eval --arch' likewise) or put a config.json "
         '{"arch": NAME} beside it'
     )
@@ -115,13 +115,15 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.suffix in {".pth", ".pt"}:
         if arch is None:
-            raise CheckpointError(f"{path}: a .pth checkpoint {no_arch}")
+            raise CheckpointError(f"{path}: a .pth checkpoint {no_arch}", mentions=("arch",))
         state, config = _read_legacy_pth(path), config or {}
     else:
         meta = read_metadata(path)
         arch = arch or meta.get(ARCH_KEY)
         if arch is None:
-            raise CheckpointError(f"{path}: no '{ARCH_KEY}' in its metadata: it {no_arch}")
+            raise CheckpointError(
+                f"{path}: no '{ARCH_KEY}' in its metadata: it {no_arch}", mentions=("arch",)
+            )
         if config is None:
             config = _metadata_config(path, meta)
         state = _read_tensors(path)

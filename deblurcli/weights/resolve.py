@@ -67,10 +67,13 @@ def verify_file(path: Path, entry: PretrainedEntry) -> bool:
     return path.stat().st_size == entry.size and sha256_file(path) == entry.sha256
 
 
-def _checksum_error(entry: PretrainedEntry, path: Path, fix: str) -> ChecksumError:
+def _checksum_error(
+    entry: PretrainedEntry, path: Path, fix: str, mentions: tuple[str, ...] = ()
+) -> ChecksumError:
     return ChecksumError(
         f"{path}: sha256 does not match the manifest for '{entry.name}' "
-        f"(expected {entry.sha256[:12]}…, {entry.size} bytes); {fix}"
+        f"(expected {entry.sha256[:12]}…, {entry.size} bytes); {fix}",
+        mentions=mentions,
     )
 
 
@@ -114,7 +117,8 @@ def fetch_weights(entry: PretrainedEntry, *, verify: bool = True) -> Path:
             entry,
             path,
             f"the file at {entry.hub_url} differs from the manifest: report it and "
-            "pass --model PATH meanwhile",
+            "pass {model} PATH meanwhile",
+            mentions=("model",),
         )
     return path
 

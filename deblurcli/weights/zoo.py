@@ -30,7 +30,7 @@ DEBLURRING_ARCHS = ("NAFNet", "FFTformer", "Uformer", "KBNet")
 _EXTERNAL_OVERLAP = 64
 _NOT_OURS = "no 'deblurcli.arch' metadata and no config.json beside it"
 _ARCH_HINT = (
-    "if it is one of the six, name it with --arch NAME (e.g. 'deblur restore --arch edgenet "
+    "if it is one of the six, name it with {arch} NAME (e.g. 'deblur restore --arch edgenet "
     "-m FILE', and 'deblur eval --arch' likewise)"
 )
 
@@ -111,7 +111,8 @@ def load_external(path: Path) -> ExternalModel:
     if not spandrel_available():
         raise CheckpointError(
             f"{path}: {_NOT_OURS}; a published checkpoint such as NAFNet needs the zoo extra "
-            f"({INSTALL_HINT}); {_ARCH_HINT}"
+            f"({INSTALL_HINT}); {_ARCH_HINT}",
+            mentions=("arch",),
         )
     from spandrel import (
         MAIN_REGISTRY,
@@ -126,7 +127,8 @@ def load_external(path: Path) -> ExternalModel:
     except UnsupportedModelError:
         raise CheckpointError(
             f"{path}: {describe_state(state)}, {_NOT_OURS}, and not an architecture "
-            f"spandrel recognises; {_ARCH_HINT}"
+            f"spandrel recognises; {_ARCH_HINT}",
+            mentions=("arch",),
         ) from None
     except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
