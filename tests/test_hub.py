@@ -79,7 +79,8 @@ def test_offline_with_nothing_cached_is_one_clear_line(hub, published, monkeypat
     message = str(info.value)
     assert "\n" not in message
     assert FILE in message and "HF_HUB_OFFLINE" in message
-    assert "deblur weights download simplecnn.tiny" in message and "--model PATH" in message
+    assert "deblur weights download simplecnn.tiny" in message and "pass model PATH" in message
+    assert "pass --model PATH" in info.value.for_cli()
     assert hub.state.requests == []
 
 

@@ -62,7 +62,7 @@ def test_empty_manifest_means_a_clear_error(tmp_path, monkeypatch):
     assert default_model_name() is None
     with pytest.raises(WeightsUnavailableError, match="no pretrained weights are available yet"):
         load_model()
-    with pytest.raises(WeightsUnavailableError, match="--model PATH"):
+    with pytest.raises(WeightsUnavailableError, match="pass model PATH"):
         load_model("deblurgan")
 
 
