@@ -57,10 +57,22 @@ def test_every_command_has_help(command):
     assert len(result.output.strip()) > 40
 
 
-def test_usage_error_names_the_parameter_in_the_library_and_the_flag_in_the_cli():
+def _raise_in_a_command(error: Exception):
+    """Run a real Typer command wrapped in ``friendly_errors`` that raises ``error``, --as-json."""
     import typer
 
     from deblurcli.cli._common import friendly_errors
+
+    @friendly_errors
+    def command(as_json: bool = False) -> None:
+        raise error
+
+    runner_app = typer.Typer()
+    runner_app.command()(command)
+    return CliRunner().invoke(runner_app, ["--as-json"])
+
+
+def test_usage_error_names_the_parameter_in_the_library_and_the_flag_in_the_cli():
     from deblurcli.errors import UsageError
 
     error = UsageError("must be >= 0", option="tile_overlap")
@@ -70,13 +82,7 @@ def test_usage_error_names_the_parameter_in_the_library_and_the_flag_in_the_cli(
     inside = UsageError("unknown {option} 'x'", option="degrade")
     assert (str(inside), inside.for_cli()) == ("unknown degrade 'x'", "unknown --degrade 'x'")
 
-    @friendly_errors
-    def command(as_json: bool = False) -> None:
-        raise error
-
-    runner_app = typer.Typer()
-    runner_app.command()(command)
-    result = CliRunner().invoke(runner_app, ["--as-json"])
+    result = _raise_in_a_command(error)
     assert result.exit_code == 2
     assert json.loads(result.stdout) == {"error": "--tile-overlap must be >= 0", "exit_code": 2}
     assert "--tile-overlap must be >= 0" in result.stderr
@@ -85,9 +91,6 @@ def test_usage_error_names_the_parameter_in_the_library_and_the_flag_in_the_cli(
 def test_any_error_names_mentioned_parameters_in_the_library_and_flags_in_the_cli():
     import pickle
 
-    import typer
-
-    from deblurcli.cli._common import friendly_errors
     from deblurcli.errors import TrainingDivergedError, UsageError
 
     both = UsageError("{init} and {resume} exclude each other", mentions=("init", "resume"))
@@ -111,13 +114,7 @@ def test_any_error_names_mentioned_parameters_in_the_library_and_flags_in_the_cl
     assert str(longer) == "run: tile_size does not apply with init; drop resume"
     assert longer.for_cli() == "run: --tile-size does not apply with --init; drop --resume"
 
-    @friendly_errors
-    def command(as_json: bool = False) -> None:
-        raise error
-
-    runner_app = typer.Typer()
-    runner_app.command()(command)
-    result = CliRunner().invoke(runner_app, ["--as-json"])
+    result = _raise_in_a_command(error)
     assert result.exit_code == 1
     assert json.loads(result.stdout) == {"error": error.for_cli(), "exit_code": 1}
     assert error.for_cli() in result.stderr
