@@ -114,6 +114,28 @@ def test_auto_tile_follows_the_memory_budget(photo):
     assert float((auto - whole).abs().mean()) < 1 / 255
 
 
+def test_auto_tile_counts_half_precision_activations_at_their_size(photo):
+    model = _tiny("simplecnn")
+    cpu = torch.device("cpu")
+    fp32 = auto_tile(model, cpu, 1, 16, budget=8 << 20)
+    half = auto_tile(model, cpu, 1, 16, budget=8 << 20, element_bytes=2)
+    assert abs(half / fp32 - 2**0.5) < 0.05  # half the bytes a pixel: twice the pixels
+    # restore_tensor sizes --tile auto for the precision it runs: bf16 needs fewer tiles.
+    totals = {}
+    for precision in ("fp32", "bf16"):
+        seen: list[int] = []
+        restore_tensor(
+            model,
+            photo,
+            tile="auto",
+            precision=precision,
+            memory_budget=1 << 20,
+            progress=lambda _done, total, seen=seen: seen.append(total),
+        )
+        totals[precision] = seen[-1]
+    assert totals["fp32"] > totals["bf16"] >= 1, totals
+
+
 class _OomAbove(nn.Module):
     """Raises the CUDA out-of-memory error for inputs larger than ``limit`` pixels a side."""
 

@@ -48,6 +48,8 @@ class _Runner:
             model.to(memory_format=torch.channels_last)
         bf16_cpu = device.type == "cpu" and dtype == torch.bfloat16
         self.narrow = narrow_convs(model) if bf16_cpu else []
+        # What one activation value takes while the model runs: autocast halves it.
+        self.element_bytes = 4 if dtype is None else torch.finfo(dtype).bits // 8
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device, non_blocking=True)
@@ -149,7 +151,9 @@ def restore_tensor(
     overlap = -(-max(overlap, 0) // multiple) * multiple
     side = parse_tile(tile)
     if side == "auto":
-        side = auto_tile(model, dev, multiple, overlap, batch_size, memory_budget)
+        side = auto_tile(
+            model, dev, multiple, overlap, batch_size, memory_budget, runner.element_bytes
+        )
     elif side > 0:  # tile starts must stay on the model's stride grid
         side = max(side // multiple * multiple, 2 * multiple)
     result = _whole_batches(runner, batch.float(), side, multiple, batch_size)

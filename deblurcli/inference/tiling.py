@@ -244,10 +244,16 @@ def auto_tile(
     overlap: int,
     batch_size: int = 1,
     budget: int | None = None,
+    element_bytes: int = 4,
 ) -> int:
-    """The largest square tile (a multiple of ``multiple``) whose activations fit ``budget``."""
+    """The largest square tile (a multiple of ``multiple``) whose activations fit ``budget``.
+
+    ``element_bytes`` is the size of one activation value as the model runs: 4 in fp32, 2
+    under bf16/fp16 autocast, whose activations take half the memory (so twice the pixels fit).
+    """
     budget = memory_budget(device) if budget is None else budget
     per_pixel = activation_bytes_per_pixel(model, device, multiple) * max(1, batch_size)
+    per_pixel *= element_bytes / 4  # the probe counts fp32 values
     side = int(math.sqrt(budget / max(per_pixel, 1.0)))
     side = side // multiple * multiple
     floor = _align_up(max(MIN_TILE, 2 * overlap + multiple), multiple)
