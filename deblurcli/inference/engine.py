@@ -48,8 +48,11 @@ class _Runner:
             model.to(memory_format=torch.channels_last)
         bf16_cpu = device.type == "cpu" and dtype == torch.bfloat16
         self.narrow = narrow_convs(model) if bf16_cpu else []
-        # What one activation value takes while the model runs: autocast halves it.
-        self.element_bytes = 4 if dtype is None else torch.finfo(dtype).bits // 8
+
+    @property
+    def element_bytes(self) -> int:
+        """What one activation value takes while the model runs: autocast halves it."""
+        return 4 if self.dtype is None else torch.finfo(self.dtype).bits // 8
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.to(self.device, non_blocking=True)
