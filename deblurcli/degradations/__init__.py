@@ -8,13 +8,12 @@ Plain functions, usable from Python and by training for on-the-fly degradation::
     result.image, result.kernel, result.record
 """
 
+from deblurcli._srgb import linear_to_srgb, srgb_to_linear
 from deblurcli.degradations.camera import (
     CameraDraw,
     CameraShake,
     apply_camera,
     draw_camera,
-    linear_to_srgb,
-    srgb_to_linear,
 )
 from deblurcli.degradations.dataset import (
     BlurEvent,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from deblurcli._srgb import linear_to_srgb, srgb_to_linear
 from deblurcli.degradations import kernels as K
 from deblurcli.degradations.noise import jpeg_compress
 
@@ -50,29 +51,6 @@ _WALK_SMOOTHING = 4.0
 SATURATION_LEVEL = 0.95
 # JPEG quality range when none is given (as for mix).
 JPEG_QUALITY = (60, 95)
-
-
-def srgb_to_linear(values: np.ndarray) -> np.ndarray:
-    """The sRGB decoding curve (IEC 61966-2-1), float32 in, float32 out."""
-    v = np.asarray(values, np.float32)
-    high = np.maximum(v, np.float32(0.04045))
-    high += np.float32(0.055)
-    high *= np.float32(1 / 1.055)
-    high = np.power(high, np.float32(2.4))
-    dark = v <= 0.04045
-    high[dark] = v[dark] * np.float32(1 / 12.92)
-    return high
-
-
-def linear_to_srgb(values: np.ndarray) -> np.ndarray:
-    """The sRGB encoding curve, inverse of :func:`srgb_to_linear` (input clipped to [0, 1])."""
-    v = np.minimum(np.maximum(np.asarray(values, np.float32), np.float32(0)), np.float32(1))
-    high = np.power(np.maximum(v, np.float32(0.0031308)), np.float32(1 / 2.4))
-    high *= np.float32(1.055)
-    high -= np.float32(0.055)
-    dark = v <= 0.0031308
-    high[dark] = v[dark] * np.float32(12.92)
-    return high
 
 
 @dataclass(frozen=True)
