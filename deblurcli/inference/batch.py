@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deblurcli.errors import DeblurError, ImageReadError, UsageError
+from deblurcli.errors import DeblurError, ImageReadError, Note, UsageError
 from deblurcli.imageio import (
     IMAGE_SUFFIXES,
     ImageData,
@@ -58,6 +58,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SUFFIX = "_deblurred"
 _PRECISION_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+# Hints in per-file problem lines, which the CLI prints as they are.
+_USE_SUFFIX = Note("; use {suffix}", mentions=("suffix",))
+_USE_RECURSIVE = Note(" (add {recursive} for subfolders)", mentions=("recursive",))
 _EXT_BY_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}
 
 
@@ -240,7 +243,8 @@ def _writable(
             output_format(job.target, fmt)
         except ImageReadError:
             reason = f"cannot write {job.target.suffix or 'extension-less'} output {job.target}"
-            problems.append((str(job.source), f"{reason}; use --format png, jpeg, tiff or webp"))
+            hint = Note("; use {format} png, jpeg, tiff or webp", mentions=("format",)).for_cli()
+            problems.append((str(job.source), reason + hint))
             continue
         kept.append(job)
     return kept, problems
@@ -258,7 +262,7 @@ def _folder_jobs(
     found, unreadable = scan_images(folder, recursive=recursive)
     problems += [(str(path), f"cannot read this folder ({why})") for path, why in unreadable]
     if not found and not unreadable:
-        hint = "" if recursive else " (add --recursive for subfolders)"
+        hint = "" if recursive else _USE_RECURSIVE.for_cli()
         problems.append((str(folder), f"no images found{hint}"))
     base = out_dir if out_dir is not None else folder
     in_place = base.resolve() == folder.resolve()
@@ -282,10 +286,12 @@ def _dedupe(
     for job in jobs:
         target = job.target.resolve()
         if target == job.source.resolve():
-            problems.append((str(job.source), "output would overwrite the input; use --suffix"))
+            reason = "output would overwrite the input" + _USE_SUFFIX.for_cli()
+            problems.append((str(job.source), reason))
         elif target in inputs or _same_file_as_any(job.target, inputs.values()):
             original = inputs.get(target, job.target)
-            reason = f"output {job.target} would overwrite the input {original}; use --suffix"
+            reason = f"output {job.target} would overwrite the input {original}"
+            reason += _USE_SUFFIX.for_cli()
             problems.append((str(job.source), reason))
         elif target in seen:
             if seen[target] != job.source.resolve():

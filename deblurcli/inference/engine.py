@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from deblurcli.errors import DeviceMemoryError, UsageError
+from deblurcli.errors import DeviceMemoryError, Note, UsageError
 from deblurcli.inference.device import autocast, channels_last, pick_device, resolve_precision
 from deblurcli.inference.narrow_conv import narrow_convs, split_narrow_convs
 from deblurcli.inference.norm_stats import InstanceNormStats, StopForward
@@ -92,7 +92,7 @@ def min_tile(model: nn.Module) -> int:
     return max(MIN_TILE, 2 * size_multiple(model))
 
 
-def check_tiling(model: nn.Module, tile: int | str, tile_overlap: int | None) -> str | None:
+def check_tiling(model: nn.Module, tile: int | str, tile_overlap: int | None) -> Note | None:
     """Refuse a tile below :func:`min_tile` or a negative overlap (:class:`UsageError`);
     returns a warning when the overlap is half the tile or more (most work is redone)."""
     if tile_overlap is not None and tile_overlap < 0:
@@ -109,9 +109,11 @@ def check_tiling(model: nn.Module, tile: int | str, tile_overlap: int | None) ->
     if overlap and 2 * overlap >= side:
         multiple = size_multiple(model)
         suggested = -(-max(4 * overlap, smallest) // multiple) * multiple
-        return (
-            f"--tile-overlap {overlap} is half of --tile {side} or more, so most of each tile "
-            f"is computed twice; use --tile {suggested} or more (or a smaller --tile-overlap)"
+        return Note(
+            f"{{tile_overlap}} {overlap} is half of {{tile}} {side} or more, so most of each "
+            f"tile is computed twice; use {{tile}} {suggested} or more (or a smaller "
+            "{tile_overlap})",
+            mentions=("tile", "tile_overlap"),
         )
     return None
 
