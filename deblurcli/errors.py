@@ -10,7 +10,25 @@ from __future__ import annotations
 from collections.abc import Callable
 
 
-class DeblurError(Exception):
+class _NamesParameters:
+    """A message that names library parameters as ``{name}`` marks (see :class:`DeblurError`):
+    ``str()`` spells them as parameters, :meth:`for_cli` as command-line flags."""
+
+    option: str | None = None
+    mentions: tuple[str, ...] = ()
+
+    def _template(self) -> str:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return name_parameters(self._template(), self.option, self.mentions, str)
+
+    def for_cli(self) -> str:
+        """The message as the command line prints it: parameters spelled as flags."""
+        return name_parameters(self._template(), self.option, self.mentions, flag_name)
+
+
+class DeblurError(_NamesParameters, Exception):
     """An error whose message is meant for the user, not a traceback.
 
     The library never spells a command-line flag: it does not know which command it serves.
@@ -36,12 +54,8 @@ class DeblurError(Exception):
         self.option = option
         self.mentions = tuple(mentions)
 
-    def __str__(self) -> str:
-        return self._naming(str)
-
-    def for_cli(self) -> str:
-        """The message as the command line prints it: parameters spelled as flags."""
-        return self._naming(flag_name)
+    def _template(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
     def extended(
         self, before: str = "", after: str = "", *, mentions: tuple[str, ...] = ()
@@ -51,18 +65,14 @@ class DeblurError(Exception):
         The parameters this message names keep their naming; ``before``/``after`` may mark
         further ``mentions`` as ``{name}``.
         """
-        message = str(self.args[0]) if self.args else ""
+        message = self._template()
         if self.option and "{option}" not in message:
             message = f"{{option}} {message}"
         named = (*self.mentions, *(m for m in mentions if m not in self.mentions))
         return type(self)(f"{before}{message}{after}", option=self.option, mentions=named)
 
-    def _naming(self, spell: Callable[[str], str]) -> str:
-        message = str(self.args[0]) if self.args else ""
-        return name_parameters(message, self.option, self.mentions, spell)
 
-
-class Note:
+class Note(_NamesParameters):
     """A line for the user that is no error (a logged warning), naming parameters as
     :class:`DeblurError` does: ``log.warning(Note("{loss} is unused", mentions=("loss",)))``
     logs "loss is unused"; the CLI's log handler prints :meth:`for_cli`, "--loss is unused".
@@ -71,11 +81,8 @@ class Note:
     def __init__(self, message: str, *, option: str | None = None, mentions: tuple[str, ...] = ()):
         self.message, self.option, self.mentions = message, option, tuple(mentions)
 
-    def __str__(self) -> str:
-        return name_parameters(self.message, self.option, self.mentions, str)
-
-    def for_cli(self) -> str:
-        return name_parameters(self.message, self.option, self.mentions, flag_name)
+    def _template(self) -> str:
+        return self.message
 
 
 def name_parameters(
