@@ -92,11 +92,15 @@ def min_tile(model: nn.Module) -> int:
     return max(MIN_TILE, 2 * size_multiple(model))
 
 
+def _check_overlap(tile_overlap: int | None) -> None:
+    if tile_overlap is not None and tile_overlap < 0:
+        raise UsageError(f"must be >= 0, not {tile_overlap}", option="tile_overlap")
+
+
 def check_tiling(model: nn.Module, tile: int | str, tile_overlap: int | None) -> Note | None:
     """Refuse a tile below :func:`min_tile` or a negative overlap (:class:`UsageError`);
     returns a warning when the overlap is half the tile or more (most work is redone)."""
-    if tile_overlap is not None and tile_overlap < 0:
-        raise UsageError(f"must be >= 0, not {tile_overlap}", option="tile_overlap")
+    _check_overlap(tile_overlap)
     side = parse_tile(tile)
     if side == "auto" or side == 0:
         return None
@@ -150,8 +154,7 @@ def restore_tensor(
     if gray:
         batch = batch.expand(-1, 3, -1, -1)
     multiple = size_multiple(model)
-    if tile_overlap is not None and tile_overlap < 0:
-        raise UsageError(f"must be >= 0, not {tile_overlap}", option="tile_overlap")
+    _check_overlap(tile_overlap)
     overlap = default_overlap(model) if tile_overlap is None else int(tile_overlap)
     overlap = -(-max(overlap, 0) // multiple) * multiple
     side = parse_tile(tile)
