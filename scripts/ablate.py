@@ -48,6 +48,7 @@ TRAIN_KEYS = {
     "arch",
     "config",
     "degrade",
+    "degrade_options",
     "patch_size",
     "batch_size",
     "steps",
@@ -97,11 +98,12 @@ def train_command(variant: dict[str, Any], run: Path, train: Path, val: Path) ->
     """The variant's ``deblur train`` command, writing into ``run``."""
     cmd = ["train", "--arch", variant["arch"], "--data", str(train), "--val", str(val)]
     cmd += ["--out", str(run), "--workers", "0"]
-    for key in sorted(TRAIN_KEYS - {"arch", "config"}):
+    for key in sorted(TRAIN_KEYS - {"arch", "config", "degrade_options"}):
         if variant.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(variant[key])]
     every = str(variant.get("val_every") or variant["steps"])
     cmd += ["--ckpt-every", every]
+    cmd += config_args(variant.get("degrade_options", {}), "--degrade-option")
     return deblur_cmd(*cmd, *config_args(variant["config"]), "--json")
 
 

@@ -62,6 +62,10 @@ def test_variant_merges_defaults_and_config(tmp_path: Path):
     cmd = ab.train_command(b, Path("out"), Path("t"), Path("v"))
     assert cmd[cmd.index("--warmup") + 1] == "3" and "deblur_blocks=4" in cmd
     assert "--warmup" not in ab.train_command(a, Path("out"), Path("t"), Path("v"))
+    b["degrade_options"] = {"mix_noise_prob": 0, "gaussian_sigma": [1, 3]}
+    cmd = ab.train_command(b, Path("out"), Path("t"), Path("v"))
+    shown = " ".join(cmd)
+    assert "--degrade-option mix_noise_prob=0 --degrade-option gaussian_sigma=[1,3]" in shown
 
 
 @pytest.mark.parametrize(

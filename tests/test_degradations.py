@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -279,3 +280,23 @@ def test_image_seed_is_stable_across_processes():
         timeout=120,
     )
     assert int(out.stdout) == image_seed(0, "a/1.png")
+
+
+def test_degrade_options_overrides_are_checked():
+    from deblurcli.degradations import DegradeOptions
+    from deblurcli.errors import UsageError
+
+    opts = DegradeOptions().with_overrides(
+        {"gaussian_sigma": [1, 3], "jpeg_quality": None, "mix_weights": {"camera": 1.0}}
+    )
+    assert opts.gaussian_sigma == (1, 3) and opts.mix_weights == {"camera": 1.0}
+    assert DegradeOptions().gaussian_sigma == (0.5, 3.0)  # a copy: the defaults stay
+    for bad, message in (
+        ({"sigma": 1}, "unknown degrade_option sigma"),
+        ({"gaussian_sigma": 2}, "gaussian_sigma takes tuple"),
+        ({"gaussian_sigma": [3, 1]}, "0 < low <= high"),
+        ({"mix_noise_prob": 1.5}, "mix_noise_prob must be a probability"),
+        ({"noise_prob": True}, "noise_prob takes float"),
+    ):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            DegradeOptions().with_overrides(bad)

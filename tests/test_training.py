@@ -389,6 +389,38 @@ def test_degrade_on_the_fly(tmp_path: Path) -> None:
         train(bad)
 
 
+def test_degrade_options_reach_the_blur_and_the_run_config(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deblurcli.cli import app
+
+    folder = tmp_path / "photos"
+    for i in range(4):
+        write_image(folder / f"p{i}.png", ImageData(natural_image(64, 64, seed=20 + i)))
+    base = ["train", "--arch", "transformnet", "--width", "tiny", "--data", str(folder)]
+    base += ["--patch-size", "32", "--batch-size", "2", "--steps", "1", "--workers", "0"]
+    blurry = {}
+    for sigma in (0.5, 3.0):
+        run = tmp_path / f"s{sigma}"
+        opts = ["--degrade", "gaussian", "--degrade-option", f"gaussian_sigma=[{sigma},{sigma}]"]
+        opts += ["--degrade-option", "gaussian_anisotropic_prob=0"]
+        result = CliRunner().invoke(app, [*base, *opts, "--out", str(run), "--json"])
+        assert result.exit_code == 0, result.output
+        blurry[sigma] = json.loads(result.stdout)["blurry_psnr"]
+        saved = json.loads((run / "config.json").read_text())
+        assert saved["config"]["degrade_options"]["gaussian_sigma"] == [sigma, sigma]
+    assert blurry[3.0] < blurry[0.5] - 3  # the validation crops really got the wider blur
+    for opts, message in (
+        (["--degrade", "mix", "--degrade-option", "nope=1"], "unknown --degrade-option nope"),
+        (["--degrade", "mix", "--degrade-option", "mix_noise_prob=2"], "probability"),
+        (["--degrade-option", "mix_noise_prob=0"], "--degrade-option needs --degrade KIND"),
+        (["--degrade", "mix", "--degrade-option", "oops"], "--degrade-option expects key=value"),
+    ):
+        result = CliRunner().invoke(app, [*base, *opts, "--out", str(tmp_path / "bad")])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
 def test_flat_crops_are_skipped(tmp_path: Path) -> None:
     """Issue 8: skip flat crops. Half of this photo is clear sky; no crop may come from it."""
     photo = natural_image(64, 192, seed=4)

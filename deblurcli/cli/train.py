@@ -11,13 +11,13 @@ from deblurcli.cli._common import console, err_console, friendly_errors, report_
 from deblurcli.errors import UsageError
 
 
-def _parse_config(items: list[str]) -> dict[str, object]:
+def _parse_config(items: list[str], flag: str = "--config") -> dict[str, object]:
     """``key=value`` pairs; values are JSON when they parse (numbers, lists), else strings."""
     out: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"--config expects key=value, got {item!r}")
+            raise UsageError(f"{flag} expects key=value, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -43,6 +43,12 @@ def train(
     ),
     degrade: str | None = typer.Option(
         None, "--degrade", help="Blur sharp-only --data on the fly: motion, gaussian, mix, ..."
+    ),
+    degrade_option: list[str] = typer.Option(
+        [],
+        "--degrade-option",
+        help="With --degrade: a blur setting key=value (repeatable), e.g. mix_noise_prob=0, "
+        "gaussian_sigma=[1,3] (the fields of deblurcli.degradations.DegradeOptions).",
     ),
     patch_size: int = typer.Option(128, "--patch-size", min=8, help="Random crop size."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Patches per step."),
@@ -123,6 +129,7 @@ def train(
         blurred=blurred,
         val=val,
         degrade=degrade,
+        degrade_options=_parse_config(degrade_option, "--degrade-option"),
         patch_size=patch_size,
         batch_size=batch_size,
         steps=steps,

@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ import numpy as np
 from deblurcli.degradations import kernels as K
 from deblurcli.degradations.camera import apply_camera, draw_camera
 from deblurcli.degradations.noise import NOISE_TYPES, add_noise, jpeg_compress, poisson_peak
+from deblurcli.errors import UsageError
 
 KINDS = ("gaussian", "motion", "defocus", "noise", "camera", "mix")
 BLURS = ("motion", "gaussian", "defocus", "linear_motion", "camera")
@@ -51,6 +53,17 @@ def _default_mix() -> dict[str, float]:
         "defocus": 0.09375,
         "linear_motion": 0.09375,
     }
+
+
+_PROBABILITIES = (
+    "gaussian_anisotropic_prob",
+    "linear_motion_prob",
+    "noise_prob",
+    "mix_noise_prob",
+    "mix_jpeg_prob",
+    "camera_noise_prob",
+    "camera_jpeg_prob",
+)
 
 
 @dataclass
@@ -122,12 +135,47 @@ class DegradeOptions:
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi:
                 raise ValueError(f"{name} must be a range 0 <= low <= high, got {lo}..{hi}")
-        for name in ("camera_noise_prob", "camera_jpeg_prob"):
+        for name in _PROBABILITIES:
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> DegradeOptions:
+        """A copy with ``overrides`` (field name -> value, as JSON gives them: lists for
+        ranges) on top; an unknown field or a bad value is a :class:`UsageError` naming
+        ``degrade_option``, e.g. ``{"mix_noise_prob": 0, "gaussian_sigma": [1, 3]}``."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UsageError(
+                f"unknown {{option}} {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                option="degrade_option",
+            )
+        types = {f.name: str(f.type) for f in fields(self)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        for name, value in values.items():
+            if not _fits(value, types[name]):
+                raise UsageError(
+                    f"{{option}} {name} takes {types[name]}, not {value!r}",
+                    option="degrade_option",
+                )
+        try:
+            return replace(self, **values)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"{{option}}: {exc}", option="degrade_option") from None
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a JSON-parsed value can stand for a field annotated ``annotation``."""
+    if value is None:
+        return "None" in annotation
+    if annotation.startswith("tuple"):
+        return isinstance(value, tuple)
+    if annotation.startswith("dict"):
+        return isinstance(value, dict)
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass

@@ -42,11 +42,11 @@ def shown(cmd: list[str]) -> str:
     return shlex.join(a[len(prefix) :] if a.startswith(prefix) else a for a in cmd)
 
 
-def config_args(config: dict[str, Any]) -> list[str]:
-    """``--config KEY=JSON`` options of an arch config."""
+def config_args(config: dict[str, Any], flag: str = "--config") -> list[str]:
+    """``--config KEY=JSON`` options of an arch config (or of another ``flag``)."""
     out: list[str] = []
     for key, value in config.items():
-        out += ["--config", f"{key}={json.dumps(value, separators=(',', ':'))}"]
+        out += [flag, f"{key}={json.dumps(value, separators=(',', ':'))}"]
     return out
 
 

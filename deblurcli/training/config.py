@@ -28,6 +28,8 @@ class TrainConfig:
     blurred: Path | None = None
     val: Path | None = None
     degrade: str | None = None
+    # DegradeOptions fields over their defaults (e.g. {"mix_noise_prob": 0}); with degrade
+    degrade_options: dict[str, Any] = field(default_factory=dict)
     patch_size: int = 128
     batch_size: int = 8
     steps: int = 1000

@@ -40,6 +40,7 @@ class RunData:
 
 def build_data(cfg: TrainConfig, multiple: int) -> RunData:
     """The training and validation sets; ``multiple``: the model's size multiple."""
+    options = degrade_options(cfg)  # a bad setting fails before any image is read
     problems: list[str] = []
     examples, bad = ds.probe(_training_examples(cfg, problems))
     problems += bad
@@ -53,9 +54,27 @@ def build_data(cfg: TrainConfig, multiple: int) -> RunData:
     if cache is None:
         cache = ds.estimated_bytes(train_examples) * max(1, cfg.workers) < _CACHE_BYTES
     train_set = ds.PairDataset(
-        train_examples, cfg.patch_size, degrade=cfg.degrade, seed=cfg.seed, cache=cache
+        train_examples,
+        cfg.patch_size,
+        degrade=cfg.degrade,
+        degrade_options=options,
+        seed=cfg.seed,
+        cache=cache,
     )
-    return RunData(train_set, _val_set(cfg, val_examples, multiple), problems)
+    return RunData(train_set, _val_set(cfg, val_examples, multiple, options), problems)
+
+
+def degrade_options(cfg: TrainConfig) -> Any:
+    """The run's ``DegradeOptions`` (None: the defaults); its overrides need ``degrade``."""
+    if not cfg.degrade_options:
+        return None
+    if not cfg.degrade:
+        raise UsageError(
+            "{degrade_option} needs {degrade} KIND", mentions=("degrade_option", "degrade")
+        )
+    from deblurcli.degradations import DegradeOptions
+
+    return DegradeOptions().with_overrides(cfg.degrade_options)
 
 
 def _training_examples(cfg: TrainConfig, problems: list[str]) -> list[ds.Example]:
@@ -85,7 +104,7 @@ def _val_examples(cfg: TrainConfig, folder: Path, problems: list[str]) -> list[d
     return good
 
 
-def _val_set(cfg: TrainConfig, examples: list[ds.Example], multiple: int) -> Any:
+def _val_set(cfg: TrainConfig, examples: list[ds.Example], multiple: int, options: Any) -> Any:
     if not examples:
         return None
     chosen = examples[: cfg.val_images]
@@ -94,6 +113,7 @@ def _val_set(cfg: TrainConfig, examples: list[ds.Example], multiple: int) -> Any
         ds.val_crop(cfg.patch_size, multiple),
         train=False,
         degrade=cfg.degrade,
+        degrade_options=options,
         seed=cfg.seed,
         cache=ds.estimated_bytes(chosen) < _VAL_CACHE_BYTES,
     )
