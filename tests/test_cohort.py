@@ -47,6 +47,9 @@ def test_members_must_share_their_data(tmp_path: Path) -> None:
     }
     with pytest.raises(UsageError, match="patch_size"):
         Cohort(configs, seconds=5)
+    configs["b"] = _config("skipae", tmp_path, data, degrade_options={"mix_noise_prob": 0})
+    with pytest.raises(UsageError, match="degrade_options"):
+        Cohort(configs, seconds=5)
 
 
 def test_a_failing_member_is_dropped_and_the_others_go_on(tmp_path: Path) -> None:

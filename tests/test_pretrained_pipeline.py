@@ -23,6 +23,7 @@ from deblurcli.imageio import ImageData, find_images, read_image, write_image
 from deblurcli.inference.device import cpu_bf16_native
 from deblurcli.pretraining.cohort_run import warm_start
 from deblurcli.pretraining.commands import read_result, run_lock, run_logged, shown
+from deblurcli.pretraining.describe import dataset_text
 from deblurcli.pretraining.pipeline import (
     MAX_FILE_BYTES,
     MAX_TOTAL_BYTES,
@@ -305,6 +306,14 @@ def test_train_command_carries_the_plan(tmp_path):
     assert f"--steps {plan['steps']} " in cmd and "--resume" not in cmd
     tiny = shown(train_command("deblurgan", plan, paths, "tiny"))
     assert "--width tiny" in tiny and "--config" not in tiny
+    plan["degrade_options"] = {"mix_noise_prob": 0, "gaussian_sigma": [1, 3]}
+    cmd = shown(train_command("deblurgan", plan, paths, "default"))
+    assert "--degrade-option mix_noise_prob=0 --degrade-option 'gaussian_sigma=[1,3]'" in cmd
+    (tmp_path / "train").mkdir()
+    text = dataset_text(tmp_path / "train", 128, "mix", plan["degrade_options"])
+    assert text.endswith(
+        "(--degrade mix --degrade-option mix_noise_prob=0 --degrade-option gaussian_sigma=[1,3])"
+    )
 
 
 def _cohort_bundle(tmp_path: Path, train: Path) -> Path:

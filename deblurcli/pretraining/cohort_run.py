@@ -85,6 +85,7 @@ def train_config(
         data=paths.train_photos,
         val=paths.val_photos,
         degrade=plan["degrade"],
+        degrade_options=dict(plan.get("degrade_options", {})),
         patch_size=cohort.get("patch_size", plan["patch_size"]),
         batch_size=cohort.get("batch_size", plan["batch_size"]),
         seed=plan["seed"],

@@ -71,12 +71,17 @@ def benchmark_rule(bench: Path) -> str:
         return "deblur eval --benchmark"
 
 
-def dataset_text(train_photos: Path, patch_size: int, degrade: str) -> str:
+def dataset_text(
+    train_photos: Path, patch_size: int, degrade: str, options: dict[str, Any] | None = None
+) -> str:
     """The manifest's ``dataset``: the photos by name and how patches were made of them."""
     names = sorted(p.stem for p in find_images(train_photos))
+    how = f"--degrade {degrade}"
+    for key, value in (options or {}).items():
+        how += f" --degrade-option {key}={json.dumps(value, separators=(',', ':'))}"
     return (
         f"deblurcli photo pool, train split ({len(names)} photos: {', '.join(names)}); "
-        f"random {patch_size} px crops blurred on the fly (--degrade {degrade})"
+        f"random {patch_size} px crops blurred on the fly ({how})"
     )
 
 

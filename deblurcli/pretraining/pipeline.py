@@ -122,6 +122,7 @@ def train_command(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> 
     """The ``deblur train`` command of ``arch`` (without ``--resume``)."""
     cmd = ["train", "--arch", arch, "--data", str(paths.train_photos)]
     cmd += ["--degrade", plan["degrade"], "--out", str(paths.runs / arch)]
+    cmd += config_args(plan.get("degrade_options", {}), "--degrade-option")
     for key in ("patch_size", "batch_size", "steps", "seed", "val_every", "ckpt_every"):
         cmd += [f"--{key.replace('_', '-')}", str(plan[key])]
     cmd += ["--precision", plan["precision"], "--workers", "0"]
@@ -276,7 +277,9 @@ def _entry(
         "license": plan["license"],
         "default": True,
         "config": config_overrides(arch, info["arch_config"]),
-        "dataset": dataset_text(paths.train_photos, plan["patch_size"], plan["degrade"]),
+        "dataset": dataset_text(
+            paths.train_photos, plan["patch_size"], plan["degrade"], plan.get("degrade_options")
+        ),
         "recipe": trained["command"],
         "scores": scores,
         "benchmark": benchmark_rule(Path(info["eval"]["settings"]["data"])),

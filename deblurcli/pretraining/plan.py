@@ -17,6 +17,7 @@ _ARCH_KEYS = {"config", "config_null", "steps", "lr", "loss", "schedule", "adver
 _ARCH_KEYS |= {"n_critic", "init"}
 _DEFAULT_KEYS = {
     "degrade",
+    "degrade_options",
     "patch_size",
     "batch_size",
     "threads",

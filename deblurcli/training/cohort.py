@@ -33,7 +33,17 @@ from deblurcli.training.trainer import TrainConfig, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 # Data settings every member must share: they all train on the same batches.
-_SHARED = ("data", "sharp", "blurred", "val", "degrade", "patch_size", "batch_size", "seed")
+_SHARED = (
+    "data",
+    "sharp",
+    "blurred",
+    "val",
+    "degrade",
+    "degrade_options",
+    "patch_size",
+    "batch_size",
+    "seed",
+)
 _NOMINAL_STEPS = 10**6  # the schedule's length until calibration measures the real one
 
 
