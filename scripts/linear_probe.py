@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from deblurcli.data.photo_pool import split_dir
@@ -29,6 +30,7 @@ from deblurcli.degradations import DegradeOptions, degrade
 from deblurcli.evaluation.benchmark import FAMILIES, ensure_benchmark
 from deblurcli.imageio import find_images, read_image
 from deblurcli.inference.classical import unsharp_mask
+from deblurcli.metrics import psnr
 
 PATCH, MARGIN = 96, 24  # the margin is blur context, as training crops have
 SUBSAMPLE = 7  # every 7th pixel of a patch enters the fit: neighbours are nearly redundant
@@ -79,10 +81,13 @@ def fit_both(designs: list[tuple[np.ndarray, np.ndarray]], rounds: int) -> dict[
 
 
 def _gain(restored: np.ndarray, blurred: np.ndarray, sharp: np.ndarray) -> float:
-    def psnr(x: np.ndarray) -> float:
-        return float(10 * np.log10(1.0 / np.mean((np.clip(x, 0, 1) - sharp) ** 2)))
+    """PSNR gain in dB, measured as ``deblur eval`` does (the project's metric, clipped)."""
+    target = torch.from_numpy(sharp)
 
-    return psnr(restored) - psnr(blurred)
+    def score(x: np.ndarray) -> float:
+        return float(psnr(torch.from_numpy(np.clip(x, 0, 1)), target)[0])
+
+    return score(restored) - score(blurred)
 
 
 def methods(filters: dict[str, np.ndarray], size: int):

@@ -146,14 +146,13 @@ class DegradeOptions:
         """A copy with ``overrides`` (field name -> value, as JSON gives them: lists for
         ranges) on top; an unknown field or a bad value is a :class:`UsageError` naming
         ``degrade_option``, e.g. ``{"mix_noise_prob": 0, "gaussian_sigma": [1, 3]}``."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
+        types = {f.name: str(f.type) for f in fields(self)}
+        unknown = sorted(set(overrides) - set(types))
         if unknown:
             raise UsageError(
-                f"unknown {{option}} {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                f"unknown {{option}} {', '.join(unknown)}; known: {', '.join(sorted(types))}",
                 option="degrade_option",
             )
-        types = {f.name: str(f.type) for f in fields(self)}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
         for name, value in values.items():
             if not _fits(value, types[name]):

@@ -61,6 +61,7 @@ _PRECISION_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 # Hints in per-file problem lines, which the CLI prints as they are.
 _USE_SUFFIX = Note("; use {suffix}", mentions=("suffix",))
 _USE_RECURSIVE = Note(" (add {recursive} for subfolders)", mentions=("recursive",))
+_USE_FORMAT = Note("; use {format} png, jpeg, tiff or webp", mentions=("format",))
 _EXT_BY_FORMAT = {"PNG": ".png", "JPEG": ".jpg", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}
 
 
@@ -243,8 +244,7 @@ def _writable(
             output_format(job.target, fmt)
         except ImageReadError:
             reason = f"cannot write {job.target.suffix or 'extension-less'} output {job.target}"
-            hint = Note("; use {format} png, jpeg, tiff or webp", mentions=("format",)).for_cli()
-            problems.append((str(job.source), reason + hint))
+            problems.append((str(job.source), reason + _USE_FORMAT.for_cli()))
             continue
         kept.append(job)
     return kept, problems
