@@ -4,15 +4,18 @@ Each variant of the plan (``scripts/ablation_plan.toml``) is one ``deblur train`
 the photo pool's train split at a fixed step budget (steps, not minutes: on a shared, noisy
 machine the same steps are the fair budget; wall time and patches/s are recorded next to the
 scores). Its best checkpoint is then scored with ``deblur eval --benchmark`` (the held-out
-photos' centred 256×256 crops in the gaussian, motion and noisy families) next to the tuned
-unsharp mask. The table goes into ``docs/ablations.md`` between its table markers.
+photos' centred 256×256 crops in the gaussian, motion and noisy families, whose mean is the
+"mixed" gain, plus the opt-in camera family, reported apart) next to the tuned unsharp mask.
+The table goes into ``docs/ablations.md`` between its table markers.
 
 A variant whose run finished is not trained again (its ``result.json`` is kept), so the same
-command after a kill, or with more variants in the plan, only runs what is missing.
+command after a kill, or with more variants in the plan, only runs what is missing;
+``--rescore`` scores finished runs again (e.g. after the benchmark gained a family).
 
     python scripts/ablate.py --jobs 2                 # every variant of the plan
     python scripts/ablate.py --only lr2e-3 --jobs 1   # one variant
     python scripts/ablate.py --table-only             # rewrite the table from finished runs
+    python scripts/ablate.py --rescore --jobs 2       # score every finished run again
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from deblurcli._toml import tomllib
+from deblurcli.evaluation.benchmark import FAMILIES
 from deblurcli.evaluation.report import SUMMARY_NAME
 from deblurcli.pretraining.commands import (
     config_args,
@@ -42,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 PLAN_PATH = Path(__file__).resolve().parent / "ablation_plan.toml"
 DOC_PATH = REPO / "docs" / "ablations.md"
 TABLE_START, TABLE_END = "<!-- ablation table: start -->", "<!-- ablation table: end -->"
-FAMILIES = ("gaussian", "motion", "noisy")
+SCORED = (*FAMILIES, "camera")  # every benchmark family scored; "mixed" is FAMILIES' mean
 # Keys a variant may set; every one but name/note maps to a `deblur train` option.
 TRAIN_KEYS = {
     "arch",
@@ -61,6 +65,7 @@ TRAIN_KEYS = {
     "precision",
     "val_every",
     "width",
+    "init",
 }
 PLAN_KEYS = TRAIN_KEYS | {"name", "note", "threads", "nice"}
 
@@ -111,6 +116,8 @@ def eval_command(model: Path, photos: Path, cache: Path | None, report: Path) ->
     """``deblur eval --benchmark`` of ``model`` and the tuned unsharp mask on ``photos``."""
     cmd = ["eval", "--benchmark", "--benchmark-photos", str(photos)]
     cmd += ["--benchmark-dir", str(cache)] if cache is not None else []
+    for family in SCORED:
+        cmd += ["--benchmark-family", family]
     return deblur_cmd(*cmd, "--model", str(model), "--model", "unsharp", "--report", str(report))
 
 
@@ -119,12 +126,18 @@ def _niced(cmd: list[str], nice: int) -> list[str]:
 
 
 def run_variant(
-    variant: dict[str, Any], root: Path, train: Path, val: Path, cache: Path | None = None
+    variant: dict[str, Any],
+    root: Path,
+    train: Path,
+    val: Path,
+    cache: Path | None = None,
+    rescore: bool = False,
 ) -> dict[str, Any]:
-    """Train (unless done) and score one variant; returns its ``result.json`` content."""
+    """Train (unless done) and score one variant (unless scored and not ``rescore``);
+    returns its ``result.json`` content."""
     folder = root / variant["name"]
     result_path = folder / "result.json"
-    if result_path.is_file():
+    if result_path.is_file() and not rescore:
         return json.loads(result_path.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     log, threads, nice = folder / "log.txt", int(variant.get("threads", 1)), variant.get("nice", 5)
@@ -139,6 +152,7 @@ def run_variant(
         trained = {"wall_s": round(time.perf_counter() - start, 1), **trained}
         trained_path.write_text(json.dumps(trained, indent=2) + "\n")
     trained = json.loads(trained_path.read_text())
+    wall_s = trained.pop("wall_s")
     model = folder / "run" / "model.safetensors"
     report = folder / "eval"
     (report / SUMMARY_NAME).unlink(missing_ok=True)  # never read a previous call's
@@ -148,7 +162,7 @@ def run_variant(
     result = {
         "variant": variant,
         "command": shown(cmd),
-        "wall_s": trained.pop("wall_s"),
+        "wall_s": wall_s,
         "train": trained,
         "scores": scores(read_result(report / SUMMARY_NAME, "deblur eval")),
     }
@@ -157,7 +171,8 @@ def run_variant(
 
 
 def scores(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """PSNR gains over the blurry input, mixed and per family, of the model and of unsharp."""
+    """PSNR gains over the blurry input per family (those scored), and mixed: the mean of the
+    default families' (each has the same crops, so it is their pairs' mean gain)."""
     rows = summary["rows"]
     blurry = next(r for r in rows if r["kind"] == "input")
     out = {}
@@ -165,31 +180,39 @@ def scores(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
         ("model", next(r for r in rows if r["kind"] == "model")),
         ("unsharp", next(r for r in rows if r["key"] == "unsharp")),
     ):
-        gains = {"mixed": row["psnr_gain"]}
-        for family in FAMILIES:
-            gains[family] = row["families"][family]["psnr"] - blurry["families"][family]["psnr"]
+        gains = {
+            family: row["families"][family]["psnr"] - blurry["families"][family]["psnr"]
+            for family in SCORED
+            if family in row["families"]
+        }
+        gains["mixed"] = sum(gains[f] for f in FAMILIES) / len(FAMILIES)
         out[key] = {k: round(float(v), 3) for k, v in gains.items()}
     return out
 
 
 def table(results: list[dict[str, Any]]) -> str:
     """The markdown table of finished variants (plan order), with unsharp's row last."""
-    head = "| variant | change | val PSNR | gaussian | motion | noisy | mixed | patches/s | wall |"
-    lines = [head, "|" + "---|" * 9]
+    head = "| variant | change | val PSNR | gaussian | motion | noisy | mixed | camera "
+    lines = [head + "| patches/s | wall |", "|" + "---|" * 10]
     unsharp = None
     for r in results:
         v, s, t = r["variant"], r["scores"]["model"], r["train"]
         best = "-" if t.get("best_psnr") is None else f"{t['best_psnr']:.2f}"
-        fams = " | ".join(f"{s[f]:+.2f}" for f in FAMILIES)
         lines.append(
-            f"| {v['name']} | {v.get('note', '')} | {best} | {fams} | {s['mixed']:+.2f} "
+            f"| {v['name']} | {v.get('note', '')} | {best} | {_gains(s)} "
             f"| {t['patches_per_s']:.1f} | {r['wall_s'] / 60:.1f} min |"
         )
-        unsharp = r["scores"]["unsharp"]
+        if unsharp is None or "camera" in r["scores"]["unsharp"]:  # the most families
+            unsharp = r["scores"]["unsharp"]
     if unsharp is not None:
-        fams = " | ".join(f"{unsharp[f]:+.2f}" for f in FAMILIES)
-        lines.append(f"| unsharp (tuned) | baseline | - | {fams} | {unsharp['mixed']:+.2f} | | |")
+        lines.append(f"| unsharp (tuned) | baseline | - | {_gains(unsharp)} | | |")
     return "\n".join(lines) + "\n"
+
+
+def _gains(gains: dict[str, float]) -> str:
+    """Table cells: each family's gain, mixed, camera ("-" where a run was not scored on it)."""
+    keys = (*FAMILIES, "mixed", "camera")
+    return " | ".join("-" if k not in gains else f"{gains[k]:+.2f}" for k in keys)
 
 
 def write_table(text: str, doc: Path) -> None:
@@ -218,6 +241,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--benchmark-dir", type=Path, default=None, help="[the eval cache]")
     p.add_argument("--doc", type=Path, default=DOC_PATH, help="Markdown file for the table.")
     p.add_argument("--table-only", action="store_true", help="Train nothing; rewrite the table.")
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="Score finished runs again (unfinished ones train as usual).",
+    )
     args = p.parse_args(argv)
     args.train_photos = args.train_photos or split_dir("train")
     args.val_photos = args.val_photos or split_dir("val")
@@ -243,7 +271,12 @@ def main(argv: list[str] | None = None) -> int:
             nonlocal failed
             try:
                 r = run_variant(
-                    variant, args.runs, args.train_photos, args.val_photos, args.benchmark_dir
+                    variant,
+                    args.runs,
+                    args.train_photos,
+                    args.val_photos,
+                    args.benchmark_dir,
+                    args.rescore,
                 )
                 gain = r["scores"]["model"]["mixed"]
                 print(f"{variant['name']}: mixed gain {gain:+.2f} dB", flush=True)

@@ -120,7 +120,11 @@ def test_tiny_ablation_end_to_end(tmp_path: Path):
     assert "--loss charbonnier,fft:0.1 --patch-size 32" in result["command"]
     assert result["train"]["steps"] == 2 and result["wall_s"] > 0
     model, unsharp = result["scores"]["model"], result["scores"]["unsharp"]
-    assert set(model) == set(unsharp) == {"mixed", "gaussian", "motion", "noisy"}
+    assert set(model) == set(unsharp) == {"mixed", "gaussian", "motion", "noisy", "camera"}
+    # mixed: the default benchmark's gain, which the camera family stays out of
+    assert model["mixed"] == pytest.approx(
+        (model["gaussian"] + model["motion"] + model["noisy"]) / 3, abs=1e-3
+    )
     assert unsharp["gaussian"] > 0  # the tuned unsharp mask sharpens Gaussian blur
     doc = (tmp_path / "doc.md").read_text()
     assert doc.count("\n| ") == 4  # header, base, charb, unsharp
@@ -132,6 +136,17 @@ def test_tiny_ablation_end_to_end(tmp_path: Path):
     )
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "runs" / "base" / "result.json").stat().st_mtime_ns == stamp
+    # --rescore scores it again without training it again.
+    trained = (tmp_path / "runs" / "base" / "train.json").stat().st_mtime_ns
+    rescored = subprocess.run(
+        [sys.executable, *args, "--only", "base", "--rescore"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert rescored.returncode == 0, rescored.stderr
+    assert (tmp_path / "runs" / "base" / "result.json").stat().st_mtime_ns != stamp
+    assert (tmp_path / "runs" / "base" / "train.json").stat().st_mtime_ns == trained
     bad = subprocess.run(
         [sys.executable, *args, "--only", "nope"], capture_output=True, text=True, env=env
     )

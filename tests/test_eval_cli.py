@@ -229,6 +229,53 @@ def test_benchmark_is_built_once_from_a_photo_folder(tmp_path: Path, monkeypatch
     assert (built[0] / "manifest.jsonl").stat().st_mtime_ns == stamp  # cached, not rebuilt
 
 
+def test_opt_in_camera_family_keeps_the_default_families_pairs(tmp_path: Path, monkeypatch):
+    from deblurcli.degradations import degrade, image_seed
+    from deblurcli.evaluation.benchmark import SEED
+
+    photos = tmp_path / "photos"
+    for i in range(2):
+        write_image(photos / f"p{i}.png", ImageData(natural_image(64, 80, seed=30 + i)))
+    monkeypatch.setenv("DEBLURCLI_CACHE", str(tmp_path / "cache"))
+    base = ["--benchmark", "--benchmark-photos", str(photos), "-m", "identity"]
+    code, default, _ = run_json(*base)
+    assert code == 0 and set(rows_by_key(default)["blurry"]["families"]) == {
+        "gaussian", "motion", "noisy"
+    }  # fmt: skip
+    args = [*base, "--benchmark-family", "camera", "--benchmark-family", "gaussian"]
+    code, summary, _ = run_json(*args)
+    assert code == 0 and summary["images_scored"] == 4
+    assert set(rows_by_key(summary)["blurry"]["families"]) == {"gaussian", "camera"}
+    built = (tmp_path / "cache" / "benchmark").iterdir()
+    first, second = sorted(
+        built,
+        key=lambda d: "camera" in json.loads(d.joinpath("benchmark.json").read_text())["rule"],
+    )
+    # A family's pairs do not depend on the families built with it.
+    for name in ("blurred/gaussian/p0.png", "sharp/gaussian/p1.png"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    sharp = read_image(second / "sharp" / "camera" / "p1.png").pixels
+    seed = image_seed(SEED, "camera/p1.png")
+    expected = degrade(sharp, "camera", np.random.default_rng(seed)).image
+    got = read_image(second / "blurred" / "camera" / "p1.png").pixels
+    assert np.abs(got - np.round(np.clip(expected, 0, 1) * 255) / 255).max() < 1e-6
+    record = [json.loads(r) for r in (second / "manifest.jsonl").read_text().splitlines()]
+    assert {r["family"] for r in record} == {"gaussian", "camera"}
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--benchmark", "--benchmark-family", "sharpish"], "--benchmark-family sharpish"),
+        (["--data", ".", "--benchmark-family", "camera"], "need --benchmark"),
+    ],
+)
+def test_benchmark_family_misuse_is_one_line(args: list[str], flag: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["eval", "-m", "identity", *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert flag in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_two_folders_grayscale_and_limit(tmp_path: Path) -> None:
     for i in range(3):
         sharp = natural_image(40, 44, seed=20 + i).mean(axis=2, keepdims=True)

@@ -158,7 +158,9 @@ def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
     bench = [p for p in (tmp_path / "bench").iterdir() if p.is_dir()]
     expected = {}
     for folder in bench:
-        source = json.loads((folder / "benchmark.json").read_text())["source"]
+        info = json.loads((folder / "benchmark.json").read_text())
+        camera = "camera" in info["rule"]  # the opt-in family, scored apart
+        source = Path(info["source"]).name + ("_camera" if camera else "")
         values = [
             peak_signal_noise_ratio(
                 read_image(s).pixels,
@@ -167,16 +169,20 @@ def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
             )
             for s in find_images(folder / "sharp")
         ]
-        expected[Path(source).name] = float(np.mean(values))
+        expected[source] = float(np.mean(values))
     assert entry.scores["blurry_psnr"] == pytest.approx(expected["val"], abs=1e-3)
     assert entry.scores["check_blurry_psnr"] == pytest.approx(expected["check"], abs=1e-3)
     for family in ("gaussian", "motion", "noisy"):
         assert f"{family}_psnr_gain" in entry.scores
+    for prefix, photos in (("", "val"), ("check_", "check")):
+        psnr, gain = (entry.scores[f"{prefix}camera_{k}"] for k in ("psnr", "psnr_gain"))
+        assert psnr - gain == pytest.approx(expected[f"{photos}_camera"], abs=1e-3)
     assert entry.scores["restore_mp_per_s"] > 0
     _assert_cpu_bf16_measured(entry, model, val, tmp_path, second.stdout)
 
     card = (tmp_path / "docs" / "simplecnn.md").read_text(encoding="utf-8")
     assert entry.sha256 in card and entry.recipe in card and "Independent check" in card
+    assert "Camera-like blur" in card and "On the check photos:" in card
     assert "The default model" in card and "beats unsharp on motion (default)" in card
     assert "MP/s at 64×48" in card
     # The recipe the run really used: the plan's lr 5e-4 cosine, VGG19 missing offline.

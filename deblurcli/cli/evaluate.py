@@ -98,6 +98,12 @@ def evaluate(
     benchmark_dir: Path | None = typer.Option(
         None, "--benchmark-dir", help="Where the built benchmark is cached."
     ),
+    benchmark_family: list[str] = typer.Option(
+        None,
+        "--benchmark-family",
+        help="Benchmark families to score (repeatable): gaussian, motion, noisy (the "
+        "default three) and camera (handheld shake in linear light, camera noise, JPEG).",
+    ),
     crop_border: int = typer.Option(
         0, "--crop-border", min=0, help="Ignore N pixels at each edge (BasicSR)."
     ),
@@ -139,7 +145,11 @@ def evaluate(
     if benchmark:
         from deblurcli.evaluation.benchmark import ensure_benchmark
 
-        data = ensure_benchmark(photos=benchmark_photos, cache=benchmark_dir)
+        data = ensure_benchmark(benchmark_photos, benchmark_dir, benchmark_family)
+    elif benchmark_photos is not None or benchmark_dir is not None or benchmark_family:
+        raise UsageError(
+            "--benchmark-photos, --benchmark-dir and --benchmark-family need --benchmark"
+        )
     options = EvalOptions(
         crop_border=crop_border,
         y_channel=y_channel,

@@ -215,15 +215,19 @@ def evaluate(
     log: Path,
     threads: int,
     precision: str = "fp32",
+    families: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """``deblur eval --benchmark`` of ``model`` and the unsharp baseline on ``photos``.
 
+    ``families``: benchmark families other than the default three (``--benchmark-family``).
     The unsharp baseline is left out in another ``precision`` than fp32 (it has no weights).
     The summary is read from the report ``deblur eval`` writes into ``report``.
     """
     cmd = ["eval", "--benchmark", "--benchmark-photos", str(photos)]
     if paths.benchmark_cache is not None:
         cmd += ["--benchmark-dir", str(paths.benchmark_cache)]
+    for family in families:
+        cmd += ["--benchmark-family", family]
     cmd += ["--model", str(model)] + (["--model", "unsharp"] if precision == "fp32" else [])
     cmd = deblur_cmd(*cmd, "--precision", precision, "--report", str(report))
     (report / SUMMARY_NAME).unlink(missing_ok=True)  # never read a previous call's
@@ -322,6 +326,15 @@ def train_and_evaluate(arch: str, plan: dict[str, Any], paths: Paths, options: O
     if paths.check_photos is not None:
         info["check"] = evaluate(target, paths.check_photos, paths, run / "check", log, threads)
         scores.update(flat_scores(info["check"], "check_"))
+    # The camera family is scored beside the benchmark, not in it (nor in the bars or the
+    # shipping rule): the nearest synthetic stand-in for a handheld photo.
+    for prefix, photos in (("", paths.val_photos), ("check_", paths.check_photos)):
+        if photos is not None:
+            key = f"{prefix}camera"
+            report = run / f"eval_{key}"
+            info[key] = evaluate(target, photos, paths, report, log, threads, families=("camera",))
+            camera = flat_scores(info[key], prefix)
+            scores.update({k: v for k, v in camera.items() if k.startswith(key)})
     paths.docs.mkdir(parents=True, exist_ok=True)
     picture = (run / "export" if bundled else paths.docs) / f"{arch}.png"
     bench = Path(info["eval"]["settings"]["data"])

@@ -12,6 +12,7 @@ _SUMMARY_COLUMNS = (
     "gaussian_psnr_gain",
     "motion_psnr_gain",
     "noisy_psnr_gain",
+    "camera_psnr_gain",
     "check_psnr_gain",
     "restore_mp_per_s",
 )
@@ -94,8 +95,8 @@ def summary_row(name: str, scores: dict[str, float], size: int, bars: dict[str, 
 def summary_table(rows: list[str]) -> str:
     """A markdown table of every model's benchmark numbers (for the README)."""
     head = [
-        "| model | PSNR dB | gain | gaussian | motion | noisy | check photos | MP/s 1080p | MB "
-        "| bars |",
-        "|---|" + "---|" * 9,
+        "| model | PSNR dB | gain | gaussian | motion | noisy | camera | check photos "
+        "| MP/s 1080p | MB | bars |",
+        "|---|" + "---|" * 10,
     ]
     return "\n".join(head + rows) + "\n"

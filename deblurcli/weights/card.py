@@ -95,6 +95,19 @@ def _score_sections(entry: dict[str, Any], info: dict[str, Any]) -> list[str]:
             *score_table(info["check"]),
             "",
         ]
+    cameras = {"benchmark": info.get("camera"), "check": info.get("check_camera")}
+    if any(cameras.values()):
+        lines += [
+            "## Camera-like blur (`deblur eval --benchmark --benchmark-family camera`)",
+            "",
+            "Spatially varying handheld shake in linear light with saturated highlights, camera "
+            "noise and JPEG; the same crops and rule, scored apart from the benchmark and its "
+            "bars.",
+            "",
+        ]
+        for photos, result in cameras.items():
+            if result is not None:
+                lines += [f"On the {photos} photos:", "", *score_table(result), ""]
     if info.get("bars"):
         lines += ["## Quality bars (issue #8)", ""]
         lines += [f"- {'pass' if ok else 'FAIL'}: {name}" for name, ok in info["bars"].items()]
