@@ -107,6 +107,28 @@ def test_restore_runs_an_onnx_file_like_the_torch_model(tmp_path):
     assert onnx_model.providers == ["CPUExecutionProvider"]
 
 
+def test_eval_scores_an_onnx_file_like_the_torch_model(tmp_path):
+    import json
+
+    from deblurcli.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    model = create("skipae", **get_spec("skipae").tiny_config).eval()
+    onnx_file = export_onnx(model, tmp_path / "m.onnx")
+    torch_file = save_checkpoint(model, tmp_path / "m.safetensors")
+    for i in range(2):
+        sharp = photo_crop(48, 64 + 8 * i)
+        write_image(tmp_path / "sharp" / f"p{i}.png", ImageData(sharp))
+        write_image(tmp_path / "blurred" / f"p{i}.png", ImageData(sharp[::-1].copy()))
+    args = ["eval", "--sharp", str(tmp_path / "sharp"), "--blurred", str(tmp_path / "blurred")]
+    result = runner.invoke(app, [*args, "-m", str(torch_file), "-m", str(onnx_file), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["key"]: r for r in json.loads(result.stdout)["rows"]}
+    torch_row, onnx_row = rows[torch_file.name], rows[onnx_file.name]
+    assert onnx_row["images"] == 2 and onnx_row["params"] is None
+    assert onnx_row["psnr"] == pytest.approx(torch_row["psnr"], abs=0.05)
+
+
 def test_export_of_a_spandrel_checkpoint(tmp_path):
     pytest.importorskip("spandrel", reason="the zoo extra (spandrel) is not installed")
     from spandrel.architectures.NAFNet import NAFNet

@@ -77,8 +77,9 @@ def evaluate(
         None,
         "--model",
         "-m",
-        help="Model to score: manifest name, checkpoint path, hf://..., 'all' (every "
-        "pretrained model), or a baseline: identity, unsharp, wiener. Repeat for one table.",
+        help="Model to score: manifest name, checkpoint path, .onnx file (onnxruntime), "
+        "hf://..., 'all' (every pretrained model), or a baseline: identity, unsharp, wiener. "
+        "Repeat for one table.",
     ),
     arch: str | None = ArchOption,
     data: Path | None = typer.Option(

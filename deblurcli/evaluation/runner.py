@@ -39,6 +39,7 @@ from deblurcli.inference import pick_device, restore_tensor
 from deblurcli.inference.batch import model_label
 from deblurcli.inference.device import PRECISIONS, set_threads
 from deblurcli.inference.engine import check_tiling
+from deblurcli.inference.onnx import OnnxModel, is_onnx_path
 from deblurcli.metrics import psnr, ssim
 from deblurcli.metrics.ssim import window_size
 from deblurcli.weights import list_pretrained, load_model
@@ -187,7 +188,8 @@ def _model_candidate(
     def run(x: torch.Tensor, kernel: np.ndarray | None) -> torch.Tensor:
         return restore_tensor(model, x, **settings)
 
-    return Candidate(key, label, "model", run, params=count_parameters(model))
+    params = count_parameters(model) or None  # an ONNX file's weights are not torch's
+    return Candidate(key, label, "model", run, params=params)
 
 
 def _baseline_candidate(name: str, key: str) -> Candidate:
@@ -235,7 +237,10 @@ def resolve_candidates(
             candidates.append(_baseline_candidate(value, key))
         else:
             try:
-                model = load_model(value, arch=options.arch)
+                if is_onnx_path(value):
+                    model: nn.Module = OnnxModel(value)
+                else:
+                    model = load_model(value, arch=options.arch)
             except WeightsUnavailableError as exc:
                 if not from_all:
                     raise
