@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,13 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from deblurcli.pretraining.plan import load_plan  # noqa: E402
+from deblurcli.archs import loading_config
+from deblurcli.pretraining.plan import load_plan
 
-PLAN_PATH = REPO / "scripts" / "pretrained_plan.toml"
-
-from deblurcli.archs import loading_config  # noqa: E402
+PLAN_PATH = Path(__file__).resolve().parent.parent / "scripts" / "pretrained_plan.toml"
 
 
 def photos(tmp: Path) -> Path:
