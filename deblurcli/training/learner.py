@@ -62,6 +62,8 @@ class Learner:
     ):
         self.model, self.recipe, self.cfg = model, recipe, cfg
         self.device, self.dist, self.prec, self.frozen = device, dist, prec, frozen
+        if device.type == "cuda":  # fixed patch shapes: cuDNN times its conv algorithms once
+            torch.backends.cudnn.benchmark = True
         self._setup_losses()
         self._setup_optim()
 
