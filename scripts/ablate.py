@@ -69,6 +69,7 @@ TRAIN_KEYS = {
     "val_every",
     "width",
     "init",
+    "val_crops",
 }
 PLAN_KEYS = TRAIN_KEYS | {"name", "note", "threads", "nice"}
 

@@ -421,6 +421,57 @@ def test_degrade_options_reach_the_blur_and_the_run_config(tmp_path: Path) -> No
         assert len(result.output.strip().splitlines()) == 1
 
 
+def test_validation_views_keep_the_centre_and_add_crops_around_it(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    photo = natural_image(96, 128, seed=31)
+    write_image(folder / "p.png", ImageData(photo))
+    write_image(tmp_path / "blurred" / "p.png", ImageData(photo[::-1].copy()))
+    sharp_only = ds.sharp_only_examples(folder)
+    pair = [ds.Example("p.png", folder / "p.png", tmp_path / "blurred" / "p.png")]
+    for examples, degrade in ((sharp_only, "mix"), (pair, None)):
+        one = ds.PairDataset(examples, PATCH, train=False, degrade=degrade)
+        four = ds.PairDataset(ds.with_views(examples, 4), PATCH, train=False, degrade=degrade)
+        again = ds.PairDataset(ds.with_views(examples, 4), PATCH, train=False, degrade=degrade)
+        assert len(four) == 4 and [e.view for e in four.examples] == [0, 1, 2, 3]
+        for i in range(4):  # deterministic: the name and the view decide the pair
+            assert all(torch.equal(a, b) for a, b in zip(four[i][:2], again[i][:2], strict=True))
+        # View 0 is the centre crop with the image's own blur, as with a single view.
+        assert torch.equal(four[0][0], one[0][0]) and torch.equal(four[0][1], one[0][1])
+        sharps = [four[i][1] for i in range(4)]
+        assert all(not torch.equal(sharps[0], s) for s in sharps[1:])  # other places
+    # On the fly, every view gets a blur of its own (its own seed).
+    four = ds.PairDataset(ds.with_views(sharp_only, 4), PATCH, train=False, degrade="mix")
+    records = [four.examples[i].seed_name for i in range(4)]
+    assert records == ["p.png", "p.png#1", "p.png#2", "p.png#3"]
+    with pytest.raises(UsageError, match="val-crops|val_crops"):
+        ds.with_views(sharp_only, 10)
+
+
+def test_cli_val_crops_validates_on_more_crops(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deblurcli.cli import app
+
+    folder = tmp_path / "photos"
+    for i in range(3):
+        write_image(folder / f"p{i}.png", ImageData(natural_image(96, 96, seed=40 + i)))
+    base = ["train", "--arch", "transformnet", "--width", "tiny", "--data", str(folder)]
+    base += ["--val", str(folder), "--degrade", "gaussian", "--patch-size", "32"]
+    base += ["--batch-size", "2", "--steps", "1", "--workers", "0", "--json"]
+    result = CliRunner().invoke(app, [*base, "--val-crops", "3", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["val_crops"] == 3
+    trainer = Trainer(
+        _config("transformnet", folder, tmp_path / "t", degrade="gaussian", val=folder, val_crops=3)
+    )
+    try:
+        assert len(trainer._validation_pairs()) == 9  # three photos, three crops each
+    finally:
+        trainer.close()
+    bad = CliRunner().invoke(app, [*base, "--val-crops", "10", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "--val-crops" in bad.output
+
+
 def test_flat_crops_are_skipped(tmp_path: Path) -> None:
     """Issue 8: skip flat crops. Half of this photo is clear sky; no crop may come from it."""
     photo = natural_image(64, 192, seed=4)

@@ -110,6 +110,14 @@ def train(
     ckpt_every: int | None = typer.Option(
         None, "--ckpt-every", min=1, help="Checkpoint every N steps [500; --resume: the run's]."
     ),
+    val_crops: int = typer.Option(
+        1,
+        "--val-crops",
+        min=1,
+        max=9,
+        help="Validation crops per image, each blurred anew: the centre, then around it. More "
+        "crops, a steadier choice of the best checkpoint.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train an architecture (--arch NAME) on sharp/blurred pairs with its paper's recipe.
@@ -154,6 +162,7 @@ def train(
         seed=seed,
         val_every=val_every,
         ckpt_every=ckpt_every,
+        val_crops=val_crops,
         progress=not as_json and err_console.is_terminal,
     )
     result = run_training(cfg, console=err_console)

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,34 @@ FLAT_CROP_STD = 0.02
 _CROP_DRAWS = 8
 
 
+# Validation views of one image, in crop sizes from the centre crop: the centre, the four
+# diagonal neighbours, then the four edge neighbours (clamped to the image).
+VIEW_OFFSETS = ((0, 0), (-1, -1), (1, 1), (-1, 1), (1, -1), (0, -1), (0, 1), (-1, 0), (1, 0))
+
+
 @dataclass(frozen=True)
 class Example:
-    """One training image: a pair, or a sharp image blurred on the fly (``blurred=None``)."""
+    """One training image: a pair, or a sharp image blurred on the fly (``blurred=None``).
+
+    ``view``: which validation crop of the image (an index into :data:`VIEW_OFFSETS`).
+    """
 
     name: str
     sharp: Path
     blurred: Path | None = None
+    view: int = 0
+
+    @property
+    def seed_name(self) -> str:
+        """The name a validation blur is seeded by: view 0 keeps the image's own."""
+        return self.name if self.view == 0 else f"{self.name}#{self.view}"
+
+
+def with_views(examples: Sequence[Example], views: int) -> list[Example]:
+    """Each example ``views`` times, as validation views 0..views-1 (image by image)."""
+    if not 1 <= views <= len(VIEW_OFFSETS):
+        raise UsageError(f"must be 1..{len(VIEW_OFFSETS)}, got {views}", option="val_crops")
+    return [replace(e, view=v) for e in examples for v in range(views)]
 
 
 class DataError(DeblurError):
@@ -211,17 +232,19 @@ class PairDataset(Dataset):
             raise ValueError(f"{ex.name}: sharp and blurred sizes differ")
         if blurred.shape[2] != sharp.shape[2]:  # gray vs colour: compare in RGB
             sharp, blurred = _rgb(sharp), _rgb(blurred)
-        return self._crop([blurred, sharp], rng)
+        return self._crop([blurred, sharp], rng, ex.view)
 
-    def _crop(self, arrays: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    def _crop(
+        self, arrays: list[np.ndarray], rng: np.random.Generator, view: int = 0
+    ) -> list[np.ndarray]:
         size = self.patch_size
         if self.train:
             arrays = [_pad_to(a, size) for a in arrays]
             y, x = _textured_origin(arrays[-1], size, rng)
-        else:  # validation: the centre, never padded (the model pads to its own multiple)
+        else:  # validation: the example's view, never padded (the model pads to its multiple)
             h, w = arrays[0].shape[:2]
             size = min(size, h, w)
-            y, x = (h - size) // 2, (w - size) // 2
+            y, x = _view_origin(h, w, size, view)
         arrays = [a[y : y + size, x : x + size] for a in arrays]
         return _augment(arrays, rng) if self.train else arrays
 
@@ -230,9 +253,9 @@ class PairDataset(Dataset):
     ) -> tuple[np.ndarray, np.ndarray]:
         # Blur a crop with a margin so the kernel sees real context, then cut the margin off.
         margin = self.patch_size // 4
-        region = self._region(sharp, margin, rng)
-        if not self.train:  # validation blur depends only on the image name
-            rng = np.random.default_rng(degradations.image_seed(self.seed, ex.name))
+        region = self._region(sharp, margin, rng, ex.view)
+        if not self.train:  # validation blur depends only on the image name and view
+            rng = np.random.default_rng(degradations.image_seed(self.seed, ex.seed_name))
         blurred = degradations.degrade(
             region, self.degrade, rng, self.degrade_options, margin
         ).image
@@ -243,15 +266,25 @@ class PairDataset(Dataset):
         arrays = [blurred.astype(np.float32), region]
         return _augment(arrays, rng) if self.train else arrays
 
-    def _region(self, sharp: np.ndarray, margin: int, rng: np.random.Generator) -> np.ndarray:
+    def _region(
+        self, sharp: np.ndarray, margin: int, rng: np.random.Generator, view: int = 0
+    ) -> np.ndarray:
         big = self.patch_size + 2 * margin
         sharp = _pad_to(sharp, big)
         h, w = sharp.shape[:2]
         if self.train:
             y, x = _textured_origin(sharp, big, rng, inset=margin)
         else:
-            y, x = (h - big) // 2, (w - big) // 2
+            y, x = _view_origin(h, w, big, view)
         return np.ascontiguousarray(sharp[y : y + big, x : x + big])
+
+
+def _view_origin(h: int, w: int, size: int, view: int) -> tuple[int, int]:
+    """Top-left corner of validation view ``view`` (a ``size`` crop of an H×W image)."""
+    dy, dx = VIEW_OFFSETS[view]
+    y = min(max((h - size) // 2 + dy * size, 0), h - size)
+    x = min(max((w - size) // 2 + dx * size, 0), w - size)
+    return y, x
 
 
 def _textured_origin(

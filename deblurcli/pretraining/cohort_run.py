@@ -98,6 +98,7 @@ def train_config(
         init=init,
         warmup=cohort.get("warmup") if init else None,
         val_images=8,
+        val_crops=cohort.get("val_crops", 1),
         # Every loader worker keeps the decoded photos: redecoding a photo per patch would
         # cost more than its blur (the 23 photos take ~0.4 GB per worker).
         cache=True,

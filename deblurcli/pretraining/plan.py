@@ -30,7 +30,15 @@ _DEFAULT_KEYS = {
     "default_model",
     "vgg_weights",
 }
-_COHORT_KEYS = {"patch_size", "batch_size", "workers", "warmup", "checkpoint_minutes", "echo"}
+_COHORT_KEYS = {
+    "patch_size",
+    "batch_size",
+    "workers",
+    "warmup",
+    "checkpoint_minutes",
+    "echo",
+    "val_crops",
+}
 
 
 class PlanError(ValueError):

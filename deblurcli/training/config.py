@@ -59,6 +59,7 @@ class TrainConfig:
     log_every: int | None = None
     val_fraction: float = 0.1
     val_images: int = 32
+    val_crops: int = 1  # validation crops per image (the centre, then around it; up to 9)
     cache: bool | None = None  # None: cache decoded images when they fit in ~1 GiB
     stop_after: int | None = None  # stop after this many steps in this call (time-boxing)
     progress: bool = False

@@ -109,7 +109,7 @@ def _val_set(cfg: TrainConfig, examples: list[ds.Example], multiple: int, option
         return None
     chosen = examples[: cfg.val_images]
     return ds.PairDataset(
-        chosen,
+        ds.with_views(chosen, cfg.val_crops),
         ds.val_crop(cfg.patch_size, multiple),
         train=False,
         degrade=cfg.degrade,
