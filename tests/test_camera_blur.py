@@ -106,7 +106,23 @@ def test_saturated_highlights_streak_brighter_and_clip():
     assert boosted.max() == pytest.approx(1.0) and boosted.min() >= 0.0
     assert boosted.mean() > plain.mean() + 0.005
     assert (boosted >= 0.999).sum() > (plain >= 0.999).sum()  # a longer clipped streak
-    assert np.all(saturation_mask(image)[image[..., :1] < 0.9] == 0)
+    assert np.all(saturation_mask(image)[image < 0.9] == 0)
+
+
+def test_a_saturated_colour_is_boosted_in_its_clipped_channel_only():
+    image = np.full((64, 64, 3), 0.2, np.float32)
+    image[24:40, 24:40] = (1.0, 0.8, 0.1)  # a yellow petal: only red is clipped
+    mask = saturation_mask(image)
+    assert mask.shape == image.shape and np.all(mask[24:40, 24:40] == (1.0, 0.0, 0.0))
+    still = CameraShake.still(image.shape)
+    # No motion: the boost is clipped away and the colour is what it was, not whiter.
+    out, _ = apply_camera(image, CameraDraw(shake=still, saturation_boost=1.75))
+    np.testing.assert_allclose(out, image, atol=2e-3)
+    shake = _translation(image.shape, length=20.0, poses=24, seed=5)
+    plain, _ = apply_camera(image, CameraDraw(shake=shake))
+    boosted, _ = apply_camera(image, CameraDraw(shake=shake, saturation_boost=1.5))
+    np.testing.assert_array_equal(boosted[..., 1:], plain[..., 1:])  # green, blue: as recorded
+    assert boosted[..., 0].mean() > plain[..., 0].mean() + 0.005  # red streaks brighter
 
 
 def test_noise_variance_grows_with_the_signal():
