@@ -300,3 +300,21 @@ def test_degrade_options_overrides_are_checked():
     ):
         with pytest.raises(UsageError, match=re.escape(message)):
             DegradeOptions().with_overrides(bad)
+
+
+def test_a_none_share_of_the_mix_passes_sharp_inputs_with_noise_and_jpeg_only():
+    image = natural_image(40, 40)
+    sharp_only = DegradeOptions(mix_weights={"none": 1.0}, mix_noise_prob=0, mix_jpeg_prob=0)
+    plain = degrade(image, "mix", np.random.default_rng(0), sharp_only)
+    assert plain.record["blur"] == "none" and plain.kernel.shape == (1, 1)
+    np.testing.assert_array_equal(plain.image, image)
+    noisy = DegradeOptions(mix_weights={"none": 1.0}, mix_noise_prob=1, mix_jpeg_prob=0)
+    out = degrade(image, "mix", np.random.default_rng(0), noisy)
+    assert out.record["noise"] is not None and not np.array_equal(out.image, image)
+    # the image's detail survives: only noise was added, no blur
+    assert peak_signal_noise_ratio(image, out.image, data_range=1.0) > 20
+    blurs = DegradeOptions(mix_weights={"none": 0.5, "gaussian": 0.5})
+    drawn = {
+        degrade(image, "mix", np.random.default_rng(s), blurs).record["blur"] for s in range(30)
+    }
+    assert drawn == {"none", "gaussian"}

@@ -19,6 +19,9 @@ Kinds (``KINDS``):
   probability ``mix_noise_prob`` (30 %) and JPEG with probability ``mix_jpeg_prob`` (20 %,
   quality from ``jpeg_quality`` or 60–95); ``camera`` brings its own noise and JPEG. Seed
   000's half-motion/half-Gaussian CelebA is ``mix_weights={"motion": 0.5, "gaussian": 0.5}``.
+  A ``none`` weight (0 by default) adds sharp inputs that get only the noise and JPEG, as
+  blind restoration pipelines skip their blur stage at times (Real-ESRGAN, BSRGAN): a
+  model that never saw a sharp input sharpens one anyway.
 
 Noise (``noise_prob``) and JPEG (``jpeg_quality``) can be added on top of any kernel blur kind.
 Every value drawn is kept in ``Degradation.record`` (JSON-able).
@@ -40,7 +43,7 @@ from deblurcli.degradations.noise import NOISE_TYPES, add_noise, jpeg_compress, 
 from deblurcli.errors import UsageError
 
 KINDS = ("gaussian", "motion", "defocus", "noise", "camera", "mix")
-BLURS = ("motion", "gaussian", "defocus", "linear_motion", "camera")
+BLURS = ("motion", "gaussian", "defocus", "linear_motion", "camera", "none")
 MIX_JPEG_QUALITY = (60, 95)
 
 
@@ -222,7 +225,8 @@ def degrade(
             return _camera(image, kind, rng, opts, inset)
         kernel, params = _sample_kernel(blur, rng, opts)
         record.update(blur=blur, blur_params=params)
-        image = np.clip(K.convolve(image, kernel), 0.0, 1.0)
+        if kernel.size > 1:
+            image = np.clip(K.convolve(image, kernel), 0.0, 1.0)
     record["kernel_size"] = None if kernel is None else list(kernel.shape)
     if kind == "mix":
         noise_prob, jpeg_prob = opts.mix_noise_prob, opts.mix_jpeg_prob
@@ -294,6 +298,8 @@ def _sample_kernel(
     if blur == "defocus":
         radius = float(rng.uniform(*opts.defocus_radius))
         return K.defocus_kernel(radius), {"radius": radius}
+    if blur == "none":  # a sharp input (noise and JPEG still apply): teaches "leave it be"
+        return np.ones((1, 1), np.float32), {}
     raise ValueError(f"unknown blur {blur!r}")
 
 
