@@ -225,8 +225,7 @@ def degrade(
             return _camera(image, kind, rng, opts, inset)
         kernel, params = _sample_kernel(blur, rng, opts)
         record.update(blur=blur, blur_params=params)
-        if kernel.size > 1:
-            image = np.clip(K.convolve(image, kernel), 0.0, 1.0)
+        image = np.clip(K.convolve(image, kernel), 0.0, 1.0)
     record["kernel_size"] = None if kernel is None else list(kernel.shape)
     if kind == "mix":
         noise_prob, jpeg_prob = opts.mix_noise_prob, opts.mix_jpeg_prob
