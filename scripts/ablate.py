@@ -91,7 +91,9 @@ def load_variants(path: Path = PLAN_PATH) -> list[dict[str, Any]]:
         if "name" not in table:
             raise PlanError(f"{path}: variant {i + 1} has no name")
         variant = copy.deepcopy(defaults)
-        config = {**variant.get("config", {}), **table.get("config", {})}
+        # The defaults' config belongs to the defaults' arch: another arch starts from its own.
+        same_arch = table.get("arch", defaults.get("arch")) == defaults.get("arch")
+        config = {**(variant.get("config", {}) if same_arch else {}), **table.get("config", {})}
         variant.update(copy.deepcopy(table))
         variant["config"] = config
         variants.append(variant)

@@ -55,8 +55,10 @@ def test_variant_merges_defaults_and_config(tmp_path: Path):
         "config = { deblur_base = 8, deblur_blocks = 2 }\n"
         '[[variant]]\nname = "a"\n'
         '[[variant]]\nname = "b"\nlr = 2e-3\nwarmup = 3\nconfig = { deblur_blocks = 4 }\n'
+        '[[variant]]\nname = "c"\narch = "transformnet"\n'
     )
-    a, b = ab.load_variants(plan)
+    a, b, c = ab.load_variants(plan)
+    assert c["config"] == {} and c["arch"] == "transformnet"  # edgenet's config is not its
     assert a["config"] == {"deblur_base": 8, "deblur_blocks": 2} and a["lr"] == 1e-3
     assert b["config"] == {"deblur_base": 8, "deblur_blocks": 4} and b["lr"] == 2e-3
     cmd = ab.train_command(b, Path("out"), Path("t"), Path("v"))
