@@ -188,6 +188,16 @@ def test_missing_vgg_is_warned_and_recorded(pairs: Path, tmp_path: Path, caplog)
     assert "perceptual" not in (tmp_path / "run" / "metrics.csv").read_text()
 
 
+def test_missing_vgg_swaps_only_the_perceptual_term(pairs: Path, tmp_path: Path) -> None:
+    # deblurgan's fallback (L1 in place of the perceptual term) must leave a PSNR term alone.
+    loss = "perceptual@conv3_3:100,psnr:1"
+    result = train(_config("deblurgan", pairs, tmp_path / "run", loss=loss, adversarial=False))
+    assert result.perceptual == "dropped"
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    terms = [r.split(",")[4] for r in rows[1:] if r.split(",")[1] == "train"]
+    assert terms and all([n.split("=")[0] for n in t.split()] == ["l1", "psnr"] for t in terms)
+
+
 def test_vgg_weights_file_enables_perceptual(pairs: Path, tmp_path: Path, caplog) -> None:
     import torchvision
 

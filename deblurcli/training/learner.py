@@ -102,9 +102,13 @@ class Learner:
         msg += f", using {fallback} instead" if fallback else ""
         self._warn(Note("%s (pass {vgg_weights} PATH to use it)", mentions=("vgg_weights",)), msg)
         # The fallback keeps the content weight (×100 for deblurgan = pix2pix's L1 λ).
-        kept = [t for t in terms if t.name != "perceptual" or fallback]
-        terms = [dataclasses.replace(t, name=fallback, layer=None) if fallback else t for t in kept]
-        return None, "dropped", terms
+        # Only the perceptual terms are replaced (or dropped); the others stay as they are.
+        swapped = [
+            dataclasses.replace(t, name=fallback, layer=None) if t.name == "perceptual" else t
+            for t in terms
+            if t.name != "perceptual" or fallback
+        ]
+        return None, "dropped", swapped
 
     def _warn(self, message: Note, *args: object) -> None:
         if self.dist.is_main:  # once per run, not once per rank
