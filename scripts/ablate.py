@@ -145,6 +145,7 @@ def run_variant(
     """Train (unless done) and score one variant (unless scored and not ``rescore``);
     returns its ``result.json`` content."""
     folder = root / variant["name"]
+    variant = with_init_under(variant, root)
     result_path = folder / "result.json"
     if result_path.is_file() and not rescore:
         return json.loads(result_path.read_text())
@@ -182,6 +183,16 @@ def run_variant(
     }
     result_path.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def with_init_under(variant: dict[str, Any], root: Path) -> dict[str, Any]:
+    """``variant`` with a relative ``init`` path (one with a ``/``, e.g. another variant's
+    ``NAME/run/last.safetensors``) made absolute under the runs folder ``root``; a model
+    name (``edgenet``) or an absolute path stays as it is."""
+    init = variant.get("init")
+    if not isinstance(init, str) or "/" not in init or Path(init).is_absolute():
+        return variant
+    return {**variant, "init": str(root / init)}
 
 
 def scores(summary: dict[str, Any]) -> dict[str, dict[str, float]]:

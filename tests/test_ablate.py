@@ -103,11 +103,12 @@ def test_tiny_ablation_end_to_end(tmp_path: Path):
             write_image(tmp_path / split / f"p{i}.png", image)
     plan = tmp_path / "plan.toml"
     plan.write_text(
-        '[defaults]\narch = "transformnet"\nwidth = "tiny"\ndegrade = "gaussian"\n'
+        '[defaults]\narch = "transformnet"\ndegrade = "gaussian"\n'
         "patch_size = 32\nbatch_size = 2\nsteps = 2\nval_every = 2\n"
-        '[[variant]]\nname = "base"\nnote = "L1"\nloss = "l1"\n'
+        '[[variant]]\nname = "base"\nnote = "L1"\nloss = "l1"\nwidth = "tiny"\n'
         '[[variant]]\nname = "charb"\nnote = "Charbonnier + FFT"\nloss = "charbonnier,fft:0.1"\n'
-        "warmup = 2\n"
+        'warmup = 2\nwidth = "tiny"\n'
+        '[[variant]]\nname = "cont"\ninit = "base/run/last.safetensors"\nseed = 1\n'
     )
     args = [str(SCRIPT), "--plan", str(plan), "--runs", str(tmp_path / "runs")]
     args += ["--train-photos", str(tmp_path / "train"), "--val-photos", str(tmp_path / "val")]
@@ -115,7 +116,10 @@ def test_tiny_ablation_end_to_end(tmp_path: Path):
     env = {**os.environ, "DEBLURCLI_CACHE": str(tmp_path / "cache")}
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.run(
-        [sys.executable, *args, "--jobs", "2"], capture_output=True, text=True, env=env
+        [sys.executable, *args, "--jobs", "2", "--only", "base", "--only", "charb"],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "runs" / "charb" / "result.json").read_text())
@@ -154,3 +158,19 @@ def test_tiny_ablation_end_to_end(tmp_path: Path):
         [sys.executable, *args, "--only", "nope"], capture_output=True, text=True, env=env
     )
     assert bad.returncode == 2 and "no variant named nope" in bad.stderr
+    # A relative init is another variant's run under --runs: "cont" continues "base".
+    cont = subprocess.run(
+        [sys.executable, *args, "--only", "cont"], capture_output=True, text=True, env=env
+    )
+    assert cont.returncode == 0, cont.stderr
+    trained = json.loads((tmp_path / "runs" / "cont" / "train.json").read_text())
+    assert trained["init"]["model"] == str(tmp_path / "runs" / "base" / "run" / "last.safetensors")
+
+
+def test_relative_init_is_under_the_runs_folder():
+    root = Path("/runs")
+    assert ab.with_init_under({"init": "a/run/last.safetensors"}, root)["init"] == str(
+        root / "a" / "run" / "last.safetensors"
+    )
+    for init in ("edgenet", "/abs/model.safetensors", None):
+        assert ab.with_init_under({"init": init}, root) == {"init": init}
