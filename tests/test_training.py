@@ -399,6 +399,26 @@ def test_degrade_on_the_fly(tmp_path: Path) -> None:
         train(bad)
 
 
+def test_validation_pairs_do_not_depend_on_the_seed(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from deblurcli.cli import app
+
+    folder = tmp_path / "photos"
+    for i in range(3):
+        write_image(folder / f"p{i}.png", ImageData(natural_image(64, 64, seed=40 + i)))
+    base = ["train", "--arch", "transformnet", "--width", "tiny", "--data", str(folder)]
+    base += ["--val", str(folder), "--patch-size", "32", "--batch-size", "2", "--steps", "1"]
+    base += ["--workers", "0", "--degrade", "mix", "--val-crops", "2", "--json"]
+    blurry = []
+    for seed in (0, 7):
+        out = ["--seed", str(seed), "--out", str(tmp_path / f"s{seed}")]
+        result = CliRunner().invoke(app, [*base, *out])
+        assert result.exit_code == 0, result.output
+        blurry.append(json.loads(result.stdout)["blurry_psnr"])
+    assert blurry[0] == blurry[1]
+
+
 def test_degrade_options_reach_the_blur_and_the_run_config(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
