@@ -34,7 +34,7 @@ from deblurcli.pretraining.pipeline import (
     train_command,
 )
 from deblurcli.pretraining.plan import PlanError, load_cohort, load_plan
-from deblurcli.pretraining.scores import beats_shipped
+from deblurcli.pretraining.scores import beats_shipped, comparison_row, comparison_table
 from deblurcli.weights import default_model_name, load_model
 from deblurcli.weights.checkpoint import (
     ARCH_KEY,
@@ -383,6 +383,9 @@ def test_from_bundle_ships_only_a_model_that_beats_the_shipped_one(tmp_path):
     assert "trained on cuda:0 for 1 steps" in entry.description
     assert entry.recipe == "python scripts/train_pretrained.py --minutes 8"
     assert (tmp_path / "docs" / "simplecnn.png").is_file()
+    report = tmp_path / "runs" / "bundle_report.md"
+    assert "| simplecnn |" in report.read_text(encoding="utf-8")
+    assert report.read_text(encoding="utf-8").count("| shipped |") == 1
     if cpu_bf16_native():  # a shipped cohort model gets its bf16 verdict too
         assert entry.cpu_bf16 is (abs(entry.cpu_bf16_psnr_delta) <= CPU_BF16_MAX_DB)
 
@@ -395,6 +398,9 @@ def test_from_bundle_ships_only_a_model_that_beats_the_shipped_one(tmp_path):
     refused = _run(args, tmp_path)
     assert refused.returncode == 0, refused.stdout + refused.stderr
     assert "[simplecnn] not shipped: psnr_gain" in refused.stdout
+    # The refused model's figures are kept, beside the shipped model's.
+    row = next(r for r in report.read_text(encoding="utf-8").splitlines() if "simplecnn" in r)
+    assert row.endswith("| not shipped |") and "(+9.00)" in row
     assert (manifest.read_bytes(), weights.read_bytes()) == before
     log = (tmp_path / "runs" / "simplecnn" / "pipeline.log").read_text(encoding="utf-8")
     measured = 1 if cpu_bf16_native() else 0  # a model that does not ship is not measured
@@ -410,6 +416,16 @@ def test_beats_shipped_needs_both_benchmark_and_check_photos():
     # A thousandth of a dB (what two fine-tuning steps moved edgenet) is noise, not better.
     noise = beats_shipped({"psnr_gain": 0.3697}, {"psnr_gain": 0.3691})
     assert len(noise) == 1 and "0.05 dB above" in noise[0]
+
+
+def test_comparison_row_puts_each_gain_beside_the_shipped_one():
+    new = {"psnr_gain": 0.105, "check_psnr_gain": 0.313, "camera_psnr_gain": 0.3}
+    row = comparison_row("simplecnn", new, {"psnr_gain": 0.101}, "3275 steps", "not shipped")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["simplecnn", "+0.10 (+0.10)", "+0.31 (-)"]
+    assert "+0.30 (-)" in cells and cells[-2:] == ["3275 steps", "not shipped"]
+    table = comparison_table([row])
+    assert table.splitlines()[0].count("|") == len(cells) + 1 and row in table
 
 
 def test_every_planned_model_warm_starts_from_its_shipped_weights():

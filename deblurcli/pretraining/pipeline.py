@@ -47,6 +47,8 @@ from deblurcli.pretraining.describe import (
 from deblurcli.pretraining.plan import planned_model
 from deblurcli.pretraining.scores import (
     beats_shipped,
+    comparison_row,
+    comparison_table,
     flat_scores,
     model_row,
     quality_bars,
@@ -396,6 +398,30 @@ def promote(outcome: Outcome, paths: Paths) -> bool:
     return True
 
 
+def ship_and_report(evaluated: list[Outcome], paths: Paths) -> set[str]:
+    """Ship what beats the shipped models; every returned model's figures to a report.
+
+    ``bundle_report.md`` in the runs folder keeps the comparison of the models that were not
+    shipped too: their figures are the point of a training run, shipped or not.
+    """
+    shipped = {e.name: e.scores for e in load_manifest(paths.manifest).entries}
+    rows, ships = [], set()
+    for o in evaluated:
+        verdict = "shipped" if promote(o, paths) else "not shipped"
+        if verdict == "shipped":
+            ships.add(o.arch)
+        info = o.info
+        trained = f"{info['step']} steps, {info['patches_per_s']} patches/s"
+        rows.append(
+            comparison_row(o.arch, o.entry["scores"], shipped.get(o.arch, {}), trained, verdict)
+        )
+    if rows:
+        text = comparison_table(rows)
+        atomic_write_bytes(paths.runs / "bundle_report.md", text.encode())
+        print(text, flush=True)
+    return ships
+
+
 def bundle_results(bundle: Path, runs: Path) -> dict[str, dict[str, Any]]:
     """Unpack a cohort run's bundle into run folders; each arch's figures, as train() gives."""
     index = read_bundle_index(bundle)
@@ -438,7 +464,7 @@ def run_all(plans: dict[str, dict[str, Any]], paths: Paths, options: Options) ->
         outcomes = list(pool.map(one, list(plans)))
     done = [o for o in outcomes if o.error is None and o.entry]
     if options.bundle is not None:
-        done = [o for o in done if promote(o, paths)]
+        done = [o for o in done if o.arch in ship_and_report(done, paths)]
     choice = next(iter(plans.values())).get("default_model")
     default = pick_default(choice, done, paths.manifest) if done else None
     best = next((o for o in done if o.arch == default), None)

@@ -79,6 +79,43 @@ def beats_shipped(scores: dict[str, float], shipped: dict[str, float]) -> list[s
     return reasons
 
 
+# Gains a cohort's model is compared on with the shipped one: the first two decide, the
+# camera family (handheld shake in linear light) is reported beside them.
+_COMPARED = (
+    ("psnr_gain", "benchmark"),
+    ("check_psnr_gain", "check photos"),
+    ("gaussian_psnr_gain", "gaussian"),
+    ("motion_psnr_gain", "motion"),
+    ("noisy_psnr_gain", "noisy"),
+    ("camera_psnr_gain", "camera"),
+    ("check_camera_psnr_gain", "check camera"),
+)
+
+
+def _gain(scores: dict[str, float], key: str) -> str:
+    return f"{scores[key]:+.2f}" if key in scores else "-"
+
+
+def comparison_row(
+    name: str, scores: dict[str, float], shipped: dict[str, float], trained: str, verdict: str
+) -> str:
+    """One returned model against the shipped one: each gain as ``new (shipped)``."""
+    cells = [f"{_gain(scores, k)} ({_gain(shipped, k)})" for k, _ in _COMPARED]
+    return f"| {name} | {' | '.join(cells)} | {trained} | {verdict} |"
+
+
+def comparison_table(rows: list[str]) -> str:
+    """Every returned model of a cohort run against the shipped one (markdown)."""
+    labels = " | ".join(label for _, label in _COMPARED)
+    head = [
+        f"| model | {labels} | trained | verdict |",
+        "|---|" + "---|" * (len(_COMPARED) + 2),
+        f"Gains in dB over the blurry input, the shipped model's in brackets; a model ships "
+        f"when its benchmark and check-photo gains are both {SHIP_MARGIN_DB} dB above.",
+    ]
+    return "\n".join(head[:2] + rows) + "\n\n" + head[2] + "\n"
+
+
 def summary_row(name: str, scores: dict[str, float], size: int, bars: dict[str, bool]) -> str:
     """One model's row of :func:`summary_table`."""
     cells = [
