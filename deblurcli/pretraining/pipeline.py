@@ -381,9 +381,9 @@ def refusal(scores: dict[str, float], arch: str, manifest: Path) -> list[str]:
     return beats_shipped(scores, shipped.get(arch, {}))
 
 
-def promote(outcome: Outcome, paths: Paths) -> bool:
-    """Ship a cohort-trained model (weights and picture) if it beats the shipped one."""
-    reasons = refusal(outcome.entry["scores"], outcome.arch, paths.manifest)
+def promote(outcome: Outcome, paths: Paths, shipped: dict[str, float]) -> bool:
+    """Ship a cohort-trained model (weights and picture) if it beats the ``shipped`` scores."""
+    reasons = beats_shipped(outcome.entry["scores"], shipped)
     if reasons:
         print(f"[{outcome.arch}] not shipped: {'; '.join(reasons)}", flush=True)
         return False
@@ -407,14 +407,12 @@ def ship_and_report(evaluated: list[Outcome], paths: Paths) -> set[str]:
     shipped = {e.name: e.scores for e in load_manifest(paths.manifest).entries}
     rows, ships = [], set()
     for o in evaluated:
-        verdict = "shipped" if promote(o, paths) else "not shipped"
-        if verdict == "shipped":
+        before = shipped.get(o.arch, {})
+        if promote(o, paths, before):
             ships.add(o.arch)
-        info = o.info
-        trained = f"{info['step']} steps, {info['patches_per_s']} patches/s"
-        rows.append(
-            comparison_row(o.arch, o.entry["scores"], shipped.get(o.arch, {}), trained, verdict)
-        )
+        verdict = "shipped" if o.arch in ships else "not shipped"
+        trained = f"{o.info['step']} steps, {o.info['patches_per_s']} patches/s"
+        rows.append(comparison_row(o.arch, o.entry["scores"], before, trained, verdict))
     if rows:
         text = comparison_table(rows)
         atomic_write_bytes(paths.runs / "bundle_report.md", text.encode())

@@ -92,36 +92,35 @@ _COMPARED = (
 )
 
 
-def _gain(scores: dict[str, float], key: str) -> str:
-    return f"{scores[key]:+.2f}" if key in scores else "-"
+def _cell(scores: dict[str, float], key: str) -> str:
+    """A score for a table: gains signed to 0.01 dB, other figures to 0.001, '-' if missing."""
+    if key not in scores:
+        return "-"
+    return f"{scores[key]:+.2f}" if "gain" in key else f"{scores[key]:.3f}"
 
 
 def comparison_row(
     name: str, scores: dict[str, float], shipped: dict[str, float], trained: str, verdict: str
 ) -> str:
     """One returned model against the shipped one: each gain as ``new (shipped)``."""
-    cells = [f"{_gain(scores, k)} ({_gain(shipped, k)})" for k, _ in _COMPARED]
+    cells = [f"{_cell(scores, k)} ({_cell(shipped, k)})" for k, _ in _COMPARED]
     return f"| {name} | {' | '.join(cells)} | {trained} | {verdict} |"
 
 
 def comparison_table(rows: list[str]) -> str:
     """Every returned model of a cohort run against the shipped one (markdown)."""
     labels = " | ".join(label for _, label in _COMPARED)
-    head = [
-        f"| model | {labels} | trained | verdict |",
-        "|---|" + "---|" * (len(_COMPARED) + 2),
-        f"Gains in dB over the blurry input, the shipped model's in brackets; a model ships "
-        f"when its benchmark and check-photo gains are both {SHIP_MARGIN_DB} dB above.",
-    ]
-    return "\n".join(head[:2] + rows) + "\n\n" + head[2] + "\n"
+    head = [f"| model | {labels} | trained | verdict |", "|---|" + "---|" * (len(_COMPARED) + 2)]
+    note = (
+        "Gains in dB over the blurry input, the shipped model's in brackets; a model ships "
+        f"when its benchmark and check-photo gains are both {SHIP_MARGIN_DB} dB above."
+    )
+    return "\n".join(head + rows) + "\n\n" + note + "\n"
 
 
 def summary_row(name: str, scores: dict[str, float], size: int, bars: dict[str, bool]) -> str:
     """One model's row of :func:`summary_table`."""
-    cells = [
-        "-" if c not in scores else f"{scores[c]:+.2f}" if "gain" in c else f"{scores[c]:.3f}"
-        for c in _SUMMARY_COLUMNS
-    ]
+    cells = [_cell(scores, c) for c in _SUMMARY_COLUMNS]
     passed = sum(bars.values())
     return (
         f"| {name} | {scores['psnr']:.2f} | {' | '.join(cells)} | {size / 1e6:.1f} "
