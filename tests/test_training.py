@@ -22,6 +22,7 @@ from deblurcli.errors import UsageError
 from deblurcli.imageio import ImageData, write_image
 from deblurcli.inference import restore_tensor
 from deblurcli.training import TrainConfig, train
+from deblurcli.training.batchnorm import batchnorm_layers, recompute_batchnorm_stats
 from deblurcli.training.recipes import RECIPES, parse_losses, recipe_for_arch
 from deblurcli.training.trainer import Trainer
 from deblurcli.weights import read_metadata
@@ -124,6 +125,7 @@ def test_every_arch_names_a_recipe() -> None:
     [
         ({"lr": -1.0}, "lr must be a finite number > 0, got -1.0", "--lr "),
         ({"val_every": 0}, "val_every must be >= 1, got 0", "--val-every "),
+        ({"bn_calibration": -1}, "bn_calibration must be >= 0, got -1", "--bn-calibration "),
         ({"width": "huge"}, "width must be 'default' or 'tiny', not 'huge'", "--width "),
         ({"warmup": -1}, "warmup must be 0 or more steps", "--warmup "),
         ({"arch": "deblurgan", "n_critic": 0}, "n_critic must be at least 1", "--n-critic "),
@@ -607,3 +609,40 @@ def test_gradient_penalty_of_a_linear_critic() -> None:
     pos_share = 0.9 * 10 * np.log(2) / 100
     neg_share = 0.1 * 90 * np.log(2) / 100
     assert float(balanced_bce(logits, target)) == pytest.approx(pos_share + neg_share, rel=1e-6)
+
+
+def test_trainer_exports_recomputed_batchnorm_statistics(pairs: Path, tmp_path: Path) -> None:
+    # resnetencdec: BatchNorm in its ResNet encoder and its decoder.
+    kw = {"steps": 2, "val_every": 2, "batch_size": 2}
+    runs = {}
+    for name, patches in (("precise", 6), ("moving", 0)):
+        runs[name] = Trainer(
+            _config("resnetencdec", pairs, tmp_path / name, bn_calibration=patches, **kw)
+        )
+        runs[name].run()
+    batches = runs["precise"]._calibration_batches()
+    assert [len(b) for b in batches] == [2, 2, 2] and runs["moving"]._calibration is None
+
+    # The exported statistics are the average over the calibration patches.
+    exported = load_model(tmp_path / "precise" / "model.safetensors")
+    layers = batchnorm_layers(exported)
+    stored = [(m.running_mean.clone(), m.running_var.clone()) for m in layers]
+    to_device = runs["precise"].learner.to_device  # its memory format: the same sums
+    assert recompute_batchnorm_stats(layers, exported, (to_device(b).float() for b in batches)) == 3
+    for layer, (mean, var) in zip(layers, stored, strict=True):
+        torch.testing.assert_close(layer.running_mean, mean, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(layer.running_var, var, rtol=1e-3, atol=1e-4)
+
+    # The calibration draws patches of its own: the weights trained are the same without it.
+    a, b = (load_model(tmp_path / n / "last.safetensors").state_dict() for n in runs)
+    stats = ("running_mean", "running_var", "num_batches_tracked")
+    for name, value in a.items():
+        if not name.endswith(stats):
+            assert torch.equal(value, b[name]), name
+    assert not all(torch.equal(a[n], b[n]) for n in a if n.endswith("running_mean"))
+
+
+def test_models_without_batchnorm_draw_no_calibration_patches(pairs: Path, tmp_path: Path) -> None:
+    trainer = Trainer(_config("transformnet", pairs, tmp_path / "run", steps=2, val_every=2))
+    trainer.run()
+    assert trainer.calibrate_batchnorm() == 0 and trainer._calibration is None

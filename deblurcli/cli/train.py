@@ -118,6 +118,13 @@ def train(
         help="Validation crops per image, each blurred anew: the centre, then around it. More "
         "crops, a steadier choice of the best checkpoint.",
     ),
+    bn_calibration: int = typer.Option(
+        512,
+        "--bn-calibration",
+        min=0,
+        help="Training patches over which BatchNorm statistics are recomputed before each "
+        "validation (models with BatchNorm only); 0 keeps the running averages.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train an architecture (--arch NAME) on sharp/blurred pairs with its paper's recipe.
@@ -163,6 +170,7 @@ def train(
         val_every=val_every,
         ckpt_every=ckpt_every,
         val_crops=val_crops,
+        bn_calibration=bn_calibration,
         progress=not as_json and err_console.is_terminal,
     )
     result = run_training(cfg, console=err_console)

@@ -60,6 +60,9 @@ class TrainConfig:
     val_fraction: float = 0.1
     val_images: int = 32
     val_crops: int = 1  # validation crops per image (the centre, then around it; up to 9)
+    # training patches over which BatchNorm statistics are recomputed before each
+    # validation (training.batchnorm); 0 keeps the running averages
+    bn_calibration: int = 512
     cache: bool | None = None  # None: cache decoded images when they fit in ~1 GiB
     stop_after: int | None = None  # stop after this many steps in this call (time-boxing)
     progress: bool = False
@@ -108,6 +111,8 @@ def check_numbers(config: TrainConfig) -> None:
         if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
             bound = ">= 0" if zero_ok else "> 0"
             raise UsageError(f"must be a finite number {bound}, got {value}", option=option)
+    if config.bn_calibration < 0:
+        raise UsageError(f"must be >= 0, got {config.bn_calibration}", option="bn_calibration")
     for name in DEFAULT_EVERY:
         value = getattr(config, name)
         if value is not None and value < 1:
