@@ -278,3 +278,8 @@ def test_model_card_and_plan_carry_the_init(finetuned, pairs: Path, base_run: Pa
         val_photos=tmp_path,
     )
     assert "--init edgenet" in shown(train_command("edgenet", plan, paths, "default"))
+    # freeze_bn is a fine-tuning setting: it reaches the command with an init only.
+    plan["freeze_bn"] = True
+    assert "--init edgenet --freeze-bn" in shown(train_command("edgenet", plan, paths, "default"))
+    del plan["init"]
+    assert "--freeze-bn" not in shown(train_command("edgenet", plan, paths, "default"))

@@ -646,3 +646,48 @@ def test_models_without_batchnorm_draw_no_calibration_patches(pairs: Path, tmp_p
     trainer = Trainer(_config("transformnet", pairs, tmp_path / "run", steps=2, val_every=2))
     trainer.run()
     assert trainer.calibrate_batchnorm() == 0 and trainer._calibration is None
+
+
+def _stats(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+def test_freeze_bn_fixes_the_statistics_and_resumes_exactly(pairs: Path, tmp_path: Path) -> None:
+    kw = {"steps": 4, "val_every": 2, "ckpt_every": 2, "batch_size": 2, "bn_calibration": 4}
+    whole = Trainer(_config("resnetencdec", pairs, tmp_path / "a", freeze_bn=True, **kw))
+    start = _stats({k: v.clone() for k, v in whole.model.state_dict().items()})
+    whole.begin()  # recomputes them for the starting weights, then freezes them
+    fixed = _stats(whole.model.state_dict())
+    assert all(not torch.equal(fixed[k], start[k]) for k in fixed)
+    batches = whole.batches()
+    whole.advance(next(batches))
+    assert not any(m.training for m in batchnorm_layers(whole.model))  # eval mode in training
+    del batches
+    whole.close()
+    train(_config("resnetencdec", pairs, tmp_path / "b", freeze_bn=True, **kw))
+    for name in ("model.safetensors", "last.safetensors"):  # never updated afterwards
+        saved = _stats(load_model(tmp_path / "b" / name).state_dict())
+        for key, value in fixed.items():
+            torch.testing.assert_close(saved[key], value.cpu(), rtol=0, atol=0)
+    # A resumed run keeps the saved statistics, so it continues exactly.
+    part = _config("resnetencdec", pairs, tmp_path / "c", freeze_bn=True, stop_after=2, **kw)
+    train(part)
+    train(_config("resnetencdec", pairs, tmp_path / "c", freeze_bn=True, resume=True, **kw))
+    b, c = (load_model(tmp_path / n / "last.safetensors").state_dict() for n in "bc")
+    for key, value in b.items():
+        assert torch.equal(value, c[key]), key
+
+
+def test_cli_freeze_bn_is_recorded(pairs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--arch", "resnetencdec", "--data", str(pairs), "--out", str(out)]
+    args += ["--width", "tiny", "--patch-size", "32", "--batch-size", "2", "--steps", "1"]
+    args += ["--workers", "0", "--freeze-bn", "--bn-calibration", "4", "--json"]
+    from typer.testing import CliRunner
+
+    from deblurcli.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert config["freeze_bn"] is True and config["bn_calibration"] == 4

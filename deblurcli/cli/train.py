@@ -125,6 +125,13 @@ def train(
         help="Training patches over which BatchNorm statistics are recomputed before each "
         "validation (models with BatchNorm only); 0 keeps the running averages.",
     ),
+    freeze_bn: bool = typer.Option(
+        False,
+        "--freeze-bn",
+        help="Keep BatchNorm statistics fixed while training: recomputed over the "
+        "--bn-calibration patches before the first step, then used as they are (for "
+        "fine-tuning with --init).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Train an architecture (--arch NAME) on sharp/blurred pairs with its paper's recipe.
@@ -171,6 +178,7 @@ def train(
         ckpt_every=ckpt_every,
         val_crops=val_crops,
         bn_calibration=bn_calibration,
+        freeze_bn=freeze_bn,
         progress=not as_json and err_console.is_terminal,
     )
     result = run_training(cfg, console=err_console)

@@ -97,6 +97,7 @@ def train_config(
         adversarial=plan.get("adversarial") is not False,
         init=init,
         warmup=cohort.get("warmup") if init else None,
+        freeze_bn=bool(plan.get("freeze_bn")) and init is not None,
         val_images=8,
         val_crops=cohort.get("val_crops", 1),
         # Every loader worker keeps the decoded photos: redecoding a photo per patch would

@@ -141,6 +141,8 @@ def train_command(arch: str, plan: dict[str, Any], paths: Paths, width: str) -> 
         cmd += config_args(plan["config"])
         if plan.get("init"):  # fine-tune from these weights (--width tiny would not fit them)
             cmd += ["--init", str(plan["init"])]
+            if plan.get("freeze_bn"):  # fixed BatchNorm statistics: a fine-tuning setting
+                cmd.append("--freeze-bn")
     return deblur_cmd(*cmd, "--json")
 
 

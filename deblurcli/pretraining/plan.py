@@ -14,7 +14,7 @@ from deblurcli._toml import tomllib
 from deblurcli.archs import model_config, resolve_config
 
 _ARCH_KEYS = {"config", "config_null", "steps", "lr", "loss", "schedule", "adversarial"}
-_ARCH_KEYS |= {"n_critic", "init"}
+_ARCH_KEYS |= {"n_critic", "init", "freeze_bn"}
 _DEFAULT_KEYS = {
     "degrade",
     "degrade_options",

@@ -63,6 +63,9 @@ class TrainConfig:
     # training patches over which BatchNorm statistics are recomputed before each
     # validation (training.batchnorm); 0 keeps the running averages
     bn_calibration: int = 512
+    # BatchNorm in eval mode while training: statistics recomputed once before the first step,
+    # then fixed (for fine-tuning: no train/test mismatch, no drift with the last batches)
+    freeze_bn: bool = False
     cache: bool | None = None  # None: cache decoded images when they fit in ~1 GiB
     stop_after: int | None = None  # stop after this many steps in this call (time-boxing)
     progress: bool = False

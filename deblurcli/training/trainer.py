@@ -200,6 +200,7 @@ class Trainer:
         self.last_terms: dict[str, float] = {}
         self._val_pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._calibration: list[torch.Tensor] | None = None
+        self._bn_frozen = False
         self.best_psnr: float | None = None
         self.blurry_psnr: float | None = None
         if self.state is not None:
@@ -319,7 +320,8 @@ class Trainer:
     def calibrate_batchnorm(self) -> int:
         """Recompute the BatchNorm statistics over the calibration patches (fp32).
 
-        Returns the number of layers recomputed (0: the model has none, or it is off).
+        Returns the number of layers recomputed (0: the model has none, they are frozen, or
+        ``bn_calibration`` is 0).
         """
         layers = batchnorm_layers(self.model, self.frozen)
         if not layers or not self.cfg.bn_calibration:
@@ -328,13 +330,22 @@ class Trainer:
         recompute_batchnorm_stats(layers, self.model, batches)
         return len(layers)
 
+    def _freeze_batchnorm(self) -> None:
+        """``freeze_bn``: statistics recomputed for the starting weights, then kept fixed.
+
+        A resumed run keeps the statistics it saved, so that it continues exactly.
+        """
+        if self.state is None:
+            self.calibrate_batchnorm()
+        self.frozen.extend(batchnorm_layers(self.model, self.frozen))  # eval mode from now on
+
     @torch.no_grad()
     def validate(self) -> float | None:
         """Mean PSNR (dB) of the model on the validation crops, in fp32.
 
-        BatchNorm statistics are recomputed first (:meth:`calibrate_batchnorm`), so the score
-        and the exported weights do not depend on the last few batches. Also sets
-        ``blurry_psnr``, the blurry inputs' mean PSNR on the same crops.
+        BatchNorm statistics are recomputed first (:meth:`calibrate_batchnorm`; not when
+        frozen), so the score and the exported weights do not depend on the last few batches.
+        Also sets ``blurry_psnr``, the blurry inputs' mean PSNR on the same crops.
         """
         if self.val_set is None:
             return None
@@ -382,10 +393,14 @@ class Trainer:
 
     # ------------------------------------------------- step-level API (runs, cohorts)
     def begin(self) -> None:
-        """Take the run folder's lock, write its ``config.json``, start the patches/s clock."""
+        """Take the run folder's lock, write its ``config.json``, fix the BatchNorm statistics
+        (``freeze_bn``), start the patches/s clock."""
         self._hold_run_folder()
         if self.dist.is_main and (self.state is None or self.step < self.cfg.steps):
             self._prepare_run_dir()  # a resume with nothing to train leaves the folder as it was
+        if self.cfg.freeze_bn and not self._bn_frozen:
+            self._freeze_batchnorm()
+            self._bn_frozen = True
         self._start_step = self.step
         self._clock = (time.perf_counter(), self.step)
 
