@@ -5,9 +5,9 @@ its batch statistics, so at batch 8 its eval-mode statistics follow the last doz
 batches: a few strongly blurred, noisy patches at the end move them, and with them the
 validation score of that checkpoint and the exported weights. Recomputing the averages
 over a fixed set of training patches (Wu & Johnson 2021, "Rethinking 'Batch' in
-BatchNorm", section 3: "PreciseBN") removes that noise. Measured on resnetencdec (the only
-shipped config with BatchNorm): +0.04 dB on the benchmark, +0.22 dB on the check photos
-(docs/ablations.md, "Precise BatchNorm statistics").
+BatchNorm", section 3: "PreciseBN") removes that noise; fixing them while fine-tuning
+(``freeze_bn``) removes the train/test mismatch as well. Measured on resnetencdec
+(docs/ablations.md, "BatchNorm statistics: resnetencdec").
 """
 
 from __future__ import annotations

@@ -200,7 +200,6 @@ class Trainer:
         self.last_terms: dict[str, float] = {}
         self._val_pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._calibration: list[torch.Tensor] | None = None
-        self._bn_frozen = False
         self.best_psnr: float | None = None
         self.blurry_psnr: float | None = None
         if self.state is not None:
@@ -398,9 +397,8 @@ class Trainer:
         self._hold_run_folder()
         if self.dist.is_main and (self.state is None or self.step < self.cfg.steps):
             self._prepare_run_dir()  # a resume with nothing to train leaves the folder as it was
-        if self.cfg.freeze_bn and not self._bn_frozen:
+        if self.cfg.freeze_bn:  # a second begin() finds no unfrozen layer: a no-op
             self._freeze_batchnorm()
-            self._bn_frozen = True
         self._start_step = self.step
         self._clock = (time.perf_counter(), self.step)
 
