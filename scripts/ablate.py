@@ -70,6 +70,7 @@ TRAIN_KEYS = {
     "width",
     "init",
     "val_crops",
+    "adversarial",
 }
 PLAN_KEYS = TRAIN_KEYS | {"name", "note", "threads", "nice"}
 
@@ -109,9 +110,11 @@ def train_command(variant: dict[str, Any], run: Path, train: Path, val: Path) ->
     """The variant's ``deblur train`` command, writing into ``run``."""
     cmd = ["train", "--arch", variant["arch"], "--data", str(train), "--val", str(val)]
     cmd += ["--out", str(run), "--workers", "0"]
-    for key in sorted(TRAIN_KEYS - {"arch", "config", "degrade_options"}):
+    for key in sorted(TRAIN_KEYS - {"arch", "config", "degrade_options", "adversarial"}):
         if variant.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(variant[key])]
+    if variant.get("adversarial") is False:
+        cmd.append("--no-adversarial")
     every = str(variant.get("val_every") or variant["steps"])
     cmd += ["--ckpt-every", every]
     cmd += config_args(variant.get("degrade_options", {}), "--degrade-option")

@@ -12,7 +12,9 @@ For each arch of the plan (``scripts/pretrained_plan.toml``, or ``--arch`` subse
 Archs run concurrently (``--jobs``) with ``threads`` torch threads per process, so all six
 fit on a small CPU in the background; rerunning the same command after a kill resumes.
 ``--minutes`` trains every arch at once instead, time-boxed (the GPU run), and packs the
-results into ``--out``; ``--from-bundle`` evaluates and ships what such a run packed.
+results into ``--out``; ``--from-bundle`` evaluates and ships what such a run packed, and
+``--from-run ARCH=RUN`` does the same for a finished ``deblur train`` run folder (e.g. an
+ablation's, with the runs it was initialised from as its earlier stages).
 The work is done by :mod:`deblurcli.pretraining`; run this with that checkout importable
 (``pip install -e .`` or ``PYTHONPATH=.``).
 """
@@ -29,6 +31,7 @@ STARTED = time.perf_counter()  # the time box counts start-up (torch is imported
 
 from deblurcli.data.photo_pool import split_dir  # noqa: E402
 from deblurcli.pretraining.cohort_run import CohortOptions, cohort_run  # noqa: E402
+from deblurcli.pretraining.from_run import run_results  # noqa: E402
 from deblurcli.pretraining.pipeline import Options, Paths, bundle_results, run_all  # noqa: E402
 from deblurcli.pretraining.plan import load_cohort, load_plan  # noqa: E402
 from deblurcli.weights.manifest import MANIFEST_PATH  # noqa: E402
@@ -62,6 +65,13 @@ def _size(text: str) -> tuple[int, int] | None:
         return None
     w, _, h = text.lower().partition("x")
     return int(w), int(h)
+
+
+def _arch_run(text: str) -> tuple[str, Path]:
+    arch, sep, run = text.partition("=")
+    if not sep or not arch or not run:
+        raise argparse.ArgumentTypeError(f"expected ARCH=RUN_FOLDER, got {text!r}")
+    return arch, Path(run)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,6 +110,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     gpu.add_argument("--device", default="auto", help="cuda, cpu or auto [auto]")
     for flag, kind, text in _COHORT_NUMBERS:
         gpu.add_argument(flag, type=kind, help=text)
+    p.add_argument(
+        "--from-run",
+        action="append",
+        type=_arch_run,
+        metavar="ARCH=RUN",
+        help="evaluate the model of a finished 'deblur train' run folder (and the runs it was "
+        "initialised from) and ship it as --from-bundle does (repeatable)",
+    )
     p.add_argument(
         "--from-bundle",
         type=Path,
@@ -161,8 +179,20 @@ def main(argv: list[str] | None = None) -> int:
         benchmark_cache=args.benchmark_dir,
     )
     bundle = None
-    if args.from_bundle is not None:
+    if args.from_bundle is not None and args.from_run:
+        raise SystemExit("--from-bundle and --from-run: one source of models at a time")
+    if args.from_run:
+        given = dict(args.from_run)
+        unknown = set(given) - set(plans)
+        if unknown:
+            raise SystemExit(f"not in the plan: {', '.join(sorted(unknown))}")
+        try:
+            bundle = run_results(given, paths.runs)
+        except RuntimeError as exc:  # a run folder that is not one, or a broken lineage
+            raise SystemExit(f"--from-run: {exc}") from None
+    elif args.from_bundle is not None:
         bundle = bundle_results(args.from_bundle, paths.runs)
+    if bundle is not None:
         plans = {a: p for a, p in plans.items() if a in bundle}
     if args.minutes is not None:
         if args.out is None:

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio
 
-from deblurcli.archs import count_parameters, create, list_archs, resolve_config
+from deblurcli.archs import count_parameters, create, get_spec, list_archs, resolve_config
 from deblurcli.imageio import ImageData, find_images, read_image, write_image
 from deblurcli.inference.device import cpu_bf16_native
 from deblurcli.pretraining.cohort_run import warm_start
@@ -405,6 +405,71 @@ def test_from_bundle_ships_only_a_model_that_beats_the_shipped_one(tmp_path):
     log = (tmp_path / "runs" / "simplecnn" / "pipeline.log").read_text(encoding="utf-8")
     measured = 1 if cpu_bf16_native() else 0  # a model that does not ship is not measured
     assert log.count("--precision bf16 --report") == measured
+
+
+def _tiny_run(out: Path, train: Path, degrade: str, init: Path | None = None) -> Path:
+    from deblurcli.training.trainer import TrainConfig
+    from deblurcli.training.trainer import train as run_training
+
+    config = TrainConfig(
+        arch="simplecnn",
+        out=out,
+        data=train,
+        degrade=degrade,
+        patch_size=32,
+        batch_size=2,
+        steps=2 if init is None else 1,
+        width="tiny" if init is None else "default",  # with init: the init's config
+        val_every=1,
+        ckpt_every=1,
+        init=None if init is None else str(init),
+    )
+    run_training(config)
+    return out
+
+
+def test_from_run_ships_a_two_stage_run_with_both_commands(tmp_path):
+    train, val, check = _photo_pool(tmp_path / "pool")
+    first = _tiny_run(tmp_path / "abl" / "gaussian", train, "gaussian")
+    second = tmp_path / "abl" / "mix"
+    _tiny_run(second, train, "mix", init=first / "model.safetensors")
+    manifest = _empty_manifest(tmp_path / "weights_manifest.toml")
+    args = ["--from-run", f"simplecnn={second}", "--width", "tiny", "--jobs", "1"]
+    args += ["--sandbox", str(tmp_path), "--benchmark-dir", str(tmp_path / "bench")]
+    args += ["--train-photos", str(train), "--val-photos", str(val)]
+    args += ["--check-photos", str(check), "--speed-size", "none"]
+
+    shipped = _run(args, tmp_path)
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    entry = load_manifest(manifest).entries[0]
+    weights = manifest.parent / "pretrained" / "simplecnn.safetensors"
+    assert entry.sha256 == _sha256(weights)
+    assert "trained on cpu for 3 steps" in entry.description  # 2 + 1, both stages
+    stage1, stage2 = entry.recipe.split("; then ")
+    assert stage1.startswith("deblur train --arch simplecnn") and "--degrade gaussian" in stage1
+    assert "--steps 2 " in stage1 and "--init" not in stage1
+    assert "--degrade mix" in stage2 and f"--init {first / 'model.safetensors'}" in stage2
+    source = load_checkpoint(second / "model.safetensors").state_dict()
+    export = load_checkpoint(weights).state_dict()
+    assert all(torch.equal(export[k], v.half().float()) for k, v in source.items())
+    report = (tmp_path / "runs" / "bundle_report.md").read_text(encoding="utf-8")
+    assert report.count("| shipped |") == 1
+
+    # The first stage's model changed after the second started from it: refused, one line.
+    save_checkpoint(
+        create("simplecnn", **get_spec("simplecnn").tiny_config), first / "model.safetensors"
+    )
+    changed = _run(args, tmp_path)
+    assert changed.returncode != 0 and "Traceback" not in changed.stderr
+    assert "changed after" in changed.stderr.strip().splitlines()[-1]
+    missing = _run([*args[:1], f"simplecnn={tmp_path / 'nothing'}", *args[2:]], tmp_path)
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr
+    assert "--from-run: run folder" in missing.stderr
+
+
+def test_from_run_needs_arch_equals_folder(tmp_path):
+    wrong = _run(["--from-run", str(tmp_path)], tmp_path)
+    assert wrong.returncode == 2 and "expected ARCH=RUN_FOLDER" in wrong.stderr
 
 
 def test_beats_shipped_needs_both_benchmark_and_check_photos():

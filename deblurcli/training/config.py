@@ -93,6 +93,7 @@ class TrainResult:
     blurry_psnr: float | None = None  # the blurry inputs' PSNR on the same validation pairs
     arch: str = ""
     init: dict[str, Any] | None = None  # the lineage of a warm-started run
+    device: str = ""  # where it trained, e.g. "cpu" or "cuda:0"
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -489,6 +489,7 @@ class Trainer:
             blurry_psnr=self.blurry_psnr,
             arch=self.cfg.arch,
             init=self.lineage,
+            device=str(self.device),
         )
 
     def _prepare_run_dir(self) -> None:
