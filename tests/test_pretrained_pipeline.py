@@ -185,6 +185,7 @@ def test_driver_trains_resumes_exports_evaluates_and_registers(tmp_path):
     assert "Camera-like blur" in card and "On the check photos:" in card
     assert "The default model" in card and "beats unsharp on motion (default)" in card
     assert "MP/s at 64×48" in card
+    assert "python scripts/train_pretrained.py --arch simplecnn" in card  # the plan's model
     # The recipe the run really used: the plan's lr 5e-4 cosine, VGG19 missing offline.
     assert "lr 0.0005 cosine" in card and "no VGG19 weights: perceptual term dropped" in card
     strip = read_image(tmp_path / "docs" / "simplecnn.png").pixels
@@ -445,7 +446,7 @@ def test_from_run_ships_a_two_stage_run_with_both_commands(tmp_path):
     weights = manifest.parent / "pretrained" / "simplecnn.safetensors"
     assert entry.sha256 == _sha256(weights)
     assert "trained on cpu for 3 steps" in entry.description  # 2 + 1, both stages
-    stage1, stage2 = entry.recipe.split("; then ")
+    stage1, stage2 = entry.recipe.split(" && ")
     assert stage1.startswith("deblur train --arch simplecnn") and "--degrade gaussian" in stage1
     assert "--steps 2 " in stage1 and "--init" not in stage1
     assert "--degrade mix" in stage2 and f"--init {first / 'model.safetensors'}" in stage2
@@ -454,6 +455,9 @@ def test_from_run_ships_a_two_stage_run_with_both_commands(tmp_path):
     assert all(torch.equal(export[k], v.half().float()) for k, v in source.items())
     report = (tmp_path / "runs" / "bundle_report.md").read_text(encoding="utf-8")
     assert report.count("| shipped |") == 1
+    card = (tmp_path / "docs" / "simplecnn.md").read_text(encoding="utf-8")
+    assert entry.recipe in card and "train_pretrained.py --arch" not in card  # not the plan's
+    assert f"initialised from: `{first / 'model.safetensors'}`" in card
 
     # The first stage's model changed after the second started from it: refused, one line.
     save_checkpoint(

@@ -4,7 +4,7 @@ A model trained outside the pipeline (an ablation, a curriculum of two runs wher
 starts from the first's model) goes through the same gate as a GPU cohort's: evaluated on
 the benchmark and the check photos, shipped only if it beats the shipped model. Its figures
 come from the run folders: a run whose ``--init`` was another run folder's model counts
-that run's steps too, and the recipe lists every stage, oldest first.
+that run's steps too, and the recipe chains every stage's command, oldest first (``&&``).
 """
 
 from __future__ import annotations
@@ -103,6 +103,6 @@ def run_results(given: dict[str, Path], runs: Path) -> dict[str, dict[str, Any]]
             "best_psnr": last["best_psnr"],
             "precision": last["precision"],
             "device": last.get("device") or "CPU",  # run folders from before it was recorded
-            "command": "; then ".join(stage_command(s) for s, _ in stages),
+            "command": " && ".join(stage_command(s) for s, _ in stages),
         }
     return results

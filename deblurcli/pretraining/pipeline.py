@@ -323,6 +323,7 @@ def train_and_evaluate(arch: str, plan: dict[str, Any], paths: Paths, options: O
         "precision": trained["precision"],
         "patches_per_s": trained["patches_per_s"],
         "threads": plan["threads"],
+        "from_plan": not bundled,  # a cohort's or a run folder's model: its own command
     }
     threads = plan["threads"]
     info["eval"] = evaluate(target, paths.val_photos, paths, run / "eval", log, threads)
@@ -371,7 +372,14 @@ def finish(outcome: Outcome, paths: Paths, is_default: bool) -> None:
         info["bars"].update({f"{k} (check photos)": v for k, v in bars.items()})
     outcome.bars = info["bars"]
     picture = paths.docs / f"{outcome.arch}.png"
-    card = model_card(outcome.arch, outcome.entry, info, str(picture), is_default)
+    card = model_card(
+        outcome.arch,
+        outcome.entry,
+        info,
+        str(picture),
+        is_default,
+        reproduce=info.get("from_plan", True),
+    )
     atomic_write_bytes(paths.docs / f"{outcome.arch}.md", card.encode())
     result = paths.runs / outcome.arch / "pipeline_result.json"
     atomic_write_bytes(result, json.dumps(info, indent=2, default=str).encode())
