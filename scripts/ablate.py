@@ -15,6 +15,7 @@ command after a kill, or with more variants in the plan, only runs what is missi
 
     python scripts/ablate.py --jobs 2                 # every variant of the plan
     python scripts/ablate.py --only lr2e-3 --jobs 1   # one variant
+    python scripts/ablate.py --only g4k-bf16 --only gm300-gmix  # the second starts from the first
     python scripts/ablate.py --table-only             # rewrite the table from finished runs
     python scripts/ablate.py --rescore --jobs 2       # score every finished run again
 """
@@ -198,6 +199,25 @@ def with_init_under(variant: dict[str, Any], root: Path) -> dict[str, Any]:
     return {**variant, "init": str(root / init)}
 
 
+def waves(variants: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``variants`` in rounds: one initialised from another's run (``init = "NAME/..."``)
+    trains in a round after that variant's."""
+    by_name = {v["name"]: v for v in variants}
+
+    def level(variant: dict[str, Any], seen: tuple[str, ...] = ()) -> int:
+        if variant["name"] in seen:
+            raise PlanError(f"init cycle: {' -> '.join((*seen, variant['name']))}")
+        init = variant.get("init")
+        parent = init.split("/", 1)[0] if isinstance(init, str) and "/" in init else None
+        if parent not in by_name or Path(init).is_absolute():
+            return 0
+        return 1 + level(by_name[parent], (*seen, variant["name"]))
+
+    levels = {v["name"]: level(v) for v in variants}
+    rounds = range(max(levels.values(), default=-1) + 1)
+    return [[v for v in variants if levels[v["name"]] == i] for i in rounds]
+
+
 def scores(summary: dict[str, Any]) -> dict[str, dict[str, float]]:
     """PSNR gains over the blurry input per family, of the model and of unsharp; ``mixed``
     (the benchmark's overall gain) when the eval is the default benchmark."""
@@ -292,6 +312,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no variant named {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     chosen = [v for v in variants if not args.only or v["name"] in args.only]
+    try:
+        rounds = waves(chosen)
+    except PlanError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     failed = 0
     if not args.table_only:
 
@@ -312,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
                 print(f"error: {exc}", file=sys.stderr, flush=True)
 
-        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            list(pool.map(one, chosen))
+        for wave in rounds:  # a variant that starts from another's model waits for it
+            with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+                list(pool.map(one, wave))
     done = [args.runs / v["name"] / "result.json" for v in variants]
     results = [json.loads(p.read_text()) for p in done if p.is_file()]
     notes = {v["name"]: v.get("note", "") for v in variants}

@@ -70,6 +70,18 @@ def test_variant_merges_defaults_and_config(tmp_path: Path):
     assert "--degrade-option mix_noise_prob=0 --degrade-option gaussian_sigma=[1,3]" in shown
 
 
+def test_a_variant_initialised_from_another_trains_after_it():
+    def v(name: str, init: str | None = None) -> dict:
+        return {"name": name, "init": init}
+
+    a, b, c = v("a"), v("b", "a/run/model.safetensors"), v("c", "b/run/last.safetensors")
+    d, e = v("d", "edgenet"), v("e", "/abs/a/run/model.safetensors")
+    assert ab.waves([c, b, a, d, e]) == [[a, d, e], [b], [c]]
+    assert ab.waves([b]) == [[b]]  # its parent not chosen: trained already, or an error then
+    with pytest.raises(ab.PlanError, match="init cycle"):
+        ab.waves([v("x", "y/run/model.safetensors"), v("y", "x/run/model.safetensors")])
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
