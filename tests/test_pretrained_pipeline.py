@@ -408,12 +408,14 @@ def test_from_bundle_ships_only_a_model_that_beats_the_shipped_one(tmp_path):
     assert log.count("--precision bf16 --report") == measured
 
 
-def _tiny_run(out: Path, train: Path, degrade: str, init: Path | None = None) -> Path:
+def _tiny_run(
+    out: Path, train: Path, degrade: str, init: Path | None = None, arch: str = "simplecnn"
+) -> Path:
     from deblurcli.training.trainer import TrainConfig
     from deblurcli.training.trainer import train as run_training
 
     config = TrainConfig(
-        arch="simplecnn",
+        arch=arch,
         out=out,
         data=train,
         degrade=degrade,
@@ -434,27 +436,37 @@ def test_from_run_ships_a_two_stage_run_with_both_commands(tmp_path):
     first = _tiny_run(tmp_path / "abl" / "gaussian", train, "gaussian")
     second = tmp_path / "abl" / "mix"
     _tiny_run(second, train, "mix", init=first / "model.safetensors")
+    other = tmp_path / "abl" / "transformnet"  # two models at once: each ships once
+    _tiny_run(other, train, "motion", arch="transformnet")
     manifest = _empty_manifest(tmp_path / "weights_manifest.toml")
-    args = ["--from-run", f"simplecnn={second}", "--width", "tiny", "--jobs", "1"]
+    args = ["--from-run", f"simplecnn={second}", "--from-run", f"transformnet={other}"]
+    args += ["--width", "tiny", "--jobs", "1"]
     args += ["--sandbox", str(tmp_path), "--benchmark-dir", str(tmp_path / "bench")]
     args += ["--train-photos", str(train), "--val-photos", str(val)]
     args += ["--check-photos", str(check), "--speed-size", "none"]
 
     shipped = _run(args, tmp_path)
     assert shipped.returncode == 0, shipped.stdout + shipped.stderr
-    entry = load_manifest(manifest).entries[0]
+    assert shipped.stdout.count("| model | benchmark |") == 1  # one report
+    entries = {e.name: e for e in load_manifest(manifest).entries}
+    entry, single = entries["simplecnn"], entries["transformnet"]
     weights = manifest.parent / "pretrained" / "simplecnn.safetensors"
     assert entry.sha256 == _sha256(weights)
-    assert "trained on cpu for 3 steps" in entry.description  # 2 + 1, both stages
+    assert single.recipe.count("deblur train") == 1
+    assert "trained on CPU for 3 steps" in entry.description  # 2 + 1, both stages
     stage1, stage2 = entry.recipe.split(" && ")
     assert stage1.startswith("deblur train --arch simplecnn") and "--degrade gaussian" in stage1
     assert "--steps 2 " in stage1 and "--init" not in stage1
     assert "--degrade mix" in stage2 and f"--init {first / 'model.safetensors'}" in stage2
+    assert entry.dataset.endswith(
+        "random 32 px crops blurred on the fly (--degrade gaussian); "
+        "then random 32 px crops blurred on the fly (--degrade mix)"
+    )
     source = load_checkpoint(second / "model.safetensors").state_dict()
     export = load_checkpoint(weights).state_dict()
     assert all(torch.equal(export[k], v.half().float()) for k, v in source.items())
     report = (tmp_path / "runs" / "bundle_report.md").read_text(encoding="utf-8")
-    assert report.count("| shipped |") == 1
+    assert report.count("| shipped |") == 2
     card = (tmp_path / "docs" / "simplecnn.md").read_text(encoding="utf-8")
     assert entry.recipe in card and "train_pretrained.py --arch" not in card  # not the plan's
     assert f"initialised from: `{first / 'model.safetensors'}`" in card

@@ -375,6 +375,16 @@ def test_write_manifest_adds_replaces_and_keeps_comments(tmp_path):
     assert load_manifest(manifest).default is None
 
 
+def test_write_manifest_through_a_link_keeps_the_link(tmp_path):
+    # deblurcli/weights_manifest.toml is a link to the repository's top-level manifest.
+    target = _empty_manifest(tmp_path / "weights_manifest.toml")
+    (tmp_path / "pkg").mkdir()
+    link = tmp_path / "pkg" / "weights_manifest.toml"
+    link.symlink_to("../weights_manifest.toml")
+    write_manifest_file(link, [_written_entry("simplecnn")], "simplecnn")
+    assert link.is_symlink() and load_manifest(target).names() == ["simplecnn"]
+
+
 def test_write_manifest_never_writes_an_invalid_manifest(tmp_path):
     manifest = tmp_path / "weights_manifest.toml"
     manifest.write_text(MANIFEST_PATH.read_text(encoding="utf-8"), encoding="utf-8")

@@ -76,13 +76,18 @@ def dataset_text(
 ) -> str:
     """The manifest's ``dataset``: the photos by name and how patches were made of them."""
     names = sorted(p.stem for p in find_images(train_photos))
+    return (
+        f"deblurcli photo pool, train split ({len(names)} photos: {', '.join(names)}); "
+        f"{crops_text(patch_size, degrade, options)}"
+    )
+
+
+def crops_text(patch_size: int, degrade: str, options: dict[str, Any] | None = None) -> str:
+    """How the training patches were made: crop size and the on-the-fly blur."""
     how = f"--degrade {degrade}"
     for key, value in (options or {}).items():
         how += f" --degrade-option {key}={json.dumps(value, separators=(',', ':'))}"
-    return (
-        f"deblurcli photo pool, train split ({len(names)} photos: {', '.join(names)}); "
-        f"random {patch_size} px crops blurred on the fly ({how})"
-    )
+    return f"random {patch_size} px crops blurred on the fly ({how})"
 
 
 def run_recipe(run: Path) -> str:

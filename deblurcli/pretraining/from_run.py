@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from deblurcli.pretraining.commands import config_args, read_result
+from deblurcli.pretraining.describe import crops_text, dataset_text
 from deblurcli.training.trainer import RESULT_NAME
 from deblurcli.weights import sha256_file
 
@@ -83,6 +84,25 @@ def stage_command(saved: dict[str, Any]) -> str:
     return shlex.join(args)
 
 
+def stages_dataset(stages: list[tuple[dict[str, Any], dict[str, Any]]]) -> str:
+    """The manifest's ``dataset`` of a chain of runs: each stage's photos and patches."""
+    parts, first = [], None
+    for saved, _ in stages:
+        cfg = saved["config"]
+        if not cfg.get("degrade"):  # paired data: the pairs are the dataset
+            parts.append(f"{cfg['patch_size']} px crops of the pairs in {cfg.get('data')}")
+        elif first is None or cfg["data"] != first:
+            parts.append(
+                dataset_text(
+                    Path(cfg["data"]), cfg["patch_size"], cfg["degrade"], cfg.get("degrade_options")
+                )
+            )
+        else:
+            parts.append(crops_text(cfg["patch_size"], cfg["degrade"], cfg.get("degrade_options")))
+        first = first or cfg.get("data")
+    return "; then ".join(parts)
+
+
 def run_results(given: dict[str, Path], runs: Path) -> dict[str, dict[str, Any]]:
     """Copy each finished run's model into ``runs/<arch>``; its figures, as a bundle gives."""
     results = {}
@@ -102,7 +122,9 @@ def run_results(given: dict[str, Path], runs: Path) -> dict[str, dict[str, Any]]
             "patches_per_s": round(last["patches_per_s"], 1),
             "best_psnr": last["best_psnr"],
             "precision": last["precision"],
-            "device": last.get("device") or "CPU",  # run folders from before it was recorded
+            # run folders from before the device was recorded ran on the CPU
+            "device": "CPU" if last.get("device", "cpu") in ("", "cpu") else last["device"],
             "command": " && ".join(stage_command(s) for s, _ in stages),
+            "dataset": stages_dataset(stages),
         }
     return results

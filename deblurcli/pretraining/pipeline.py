@@ -285,7 +285,8 @@ def _entry(
         "license": plan["license"],
         "default": True,
         "config": config_overrides(arch, info["arch_config"]),
-        "dataset": dataset_text(
+        "dataset": trained.get("dataset")  # a run folder's, from its own stages
+        or dataset_text(
             paths.train_photos, plan["patch_size"], plan["degrade"], plan.get("degrade_options")
         ),
         "recipe": trained["command"],
@@ -472,7 +473,8 @@ def run_all(plans: dict[str, dict[str, Any]], paths: Paths, options: Options) ->
         outcomes = list(pool.map(one, list(plans)))
     done = [o for o in outcomes if o.error is None and o.entry]
     if options.bundle is not None:
-        done = [o for o in done if o.arch in ship_and_report(done, paths)]
+        ships = ship_and_report(done, paths)  # once: it copies what ships
+        done = [o for o in done if o.arch in ships]
     choice = next(iter(plans.values())).get("default_model")
     default = pick_default(choice, done, paths.manifest) if done else None
     best = next((o for o in done if o.arch == default), None)

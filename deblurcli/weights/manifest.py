@@ -402,8 +402,10 @@ def write_manifest(path: Path, tables: list[dict[str, Any]], default: str | None
     """Add or replace ``tables`` (by name) in the manifest at ``path``; set ``default``.
 
     Comments and other models' text are kept; the result is validated before it replaces
-    the file (atomically), so a manifest that would not load is never written.
+    the file (atomically), so a manifest that would not load is never written. A link is
+    followed: the file it points to is replaced, the link stays.
     """
+    path = path.resolve()  # the package's manifest is a link to the repository's: keep it
     head, blocks = split_manifest_text(path.read_text(encoding="utf-8"))
     names = {t["name"] for t in tables}
     kept = [b for b in blocks if tomllib.loads(b)["model"][0]["name"] not in names]
