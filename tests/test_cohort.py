@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from deblurcli import locks
 from deblurcli.errors import UsageError
@@ -125,6 +126,30 @@ def test_every_member_holds_its_run_folder(tmp_path: Path, quick_lock) -> None:
     assert _lock_state(tmp_path / "simplecnn") == "free"
 
 
+def _staged_weights(tmp_path: Path, data: Path, degrade: str, stage=None, rounds=3):
+    config = _config("simplecnn", tmp_path, data, degrade=degrade)
+    cohort = Cohort({"simplecnn": config}, seconds=300, max_rounds=rounds, first_stage=stage)
+    cohort.run()
+    model = cohort.trainers["simplecnn"].model
+    return cohort.stages, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_first_stage_trains_on_its_blur_then_on_the_members(tmp_path: Path) -> None:
+    data = _photos(tmp_path / "photos")
+    plain, gaussian = _staged_weights(tmp_path / "plain", data, "gaussian")
+    assert plain == [("gaussian", 0)]
+    # The whole budget in the first stage: the very batches of a Gaussian run.
+    whole, staged = _staged_weights(tmp_path / "whole", data, "motion", ("gaussian", 1.0))
+    assert whole == [("gaussian", 0)]
+    assert all(torch.equal(staged[k], v) for k, v in gaussian.items())
+    # A first stage that ends at once: one round of Gaussian blur, then the members' motion.
+    short, switched = _staged_weights(tmp_path / "short", data, "motion", ("gaussian", 1e-9))
+    assert short == [("gaussian", 0), ("motion", 1)]
+    assert not all(torch.equal(switched[k], v) for k, v in gaussian.items())
+    with pytest.raises(UsageError, match="share"):
+        Cohort({"a": _config("simplecnn", tmp_path, data)}, seconds=5, first_stage=("gaussian", 2))
+
+
 def test_bundle_round_trip_with_shards(tmp_path: Path) -> None:
     from deblurcli.archs import create, get_spec
     from deblurcli.weights.checkpoint import save_checkpoint
@@ -176,8 +201,6 @@ def test_a_slow_loader_is_echoed_not_waited_for(tmp_path: Path) -> None:
 
 
 def test_an_echoed_batch_keeps_its_pairs_aligned() -> None:
-    import torch
-
     from deblurcli.training.cohort import _reoriented
 
     blurred = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)

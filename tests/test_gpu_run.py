@@ -128,6 +128,7 @@ def test_gpu_run_rehearsal_on_cpu(tmp_path: Path) -> None:
         assert fig["error"] is None, arch
         assert fig["step"] == 3 and fig["patches"] == 3 * 8
     assert (out / "metrics.csv").read_text().startswith("arch,step")
+    assert index["stages"][0] == {"blur": "gaussian", "from_round": 0}  # the plan's curriculum
     image = natural_image(64, 80)
     for arch, path in unpack_bundle(out, tmp_path / "unpacked").items():
         model = load_model(path)

@@ -19,9 +19,10 @@ from skimage import data as skdata
 from skimage.metrics import peak_signal_noise_ratio
 
 from deblurcli.archs import count_parameters, create, get_spec, list_archs, resolve_config
+from deblurcli.degradations import KINDS
 from deblurcli.imageio import ImageData, find_images, read_image, write_image
 from deblurcli.inference.device import cpu_bf16_native
-from deblurcli.pretraining.cohort_run import warm_start
+from deblurcli.pretraining.cohort_run import first_stage, warm_start
 from deblurcli.pretraining.commands import read_result, run_lock, run_logged, shown
 from deblurcli.pretraining.describe import dataset_text
 from deblurcli.pretraining.pipeline import (
@@ -514,6 +515,9 @@ def test_every_planned_model_warm_starts_from_its_shipped_weights():
     shipped one would silently train that arch from scratch instead."""
     cohort = load_cohort(PLAN)
     assert {"patch_size", "batch_size", "workers", "warmup"} <= set(cohort)
+    kind, share = first_stage(cohort)  # a curriculum: another blur before the mix
+    assert kind in KINDS and kind != load_plan(PLAN)["edgenet"]["degrade"] and 0 < share < 1
+    assert first_stage({}) is None and first_stage({"first_degrade": "gaussian"}) is None
     for arch, plan in load_plan(PLAN).items():
         assert warm_start(arch, plan, "default", MANIFEST_PATH) == arch
         assert warm_start(arch, plan, "tiny", MANIFEST_PATH) is None

@@ -107,6 +107,13 @@ def train_config(
     )
 
 
+def first_stage(cohort: dict[str, Any]) -> tuple[str, float] | None:
+    """The plan's curriculum: (blur kind, share of the time) before the mix, or None."""
+    kind = cohort.get("first_degrade")
+    share = float(cohort.get("first_share", 0.0))
+    return (kind, share) if kind and share > 0 else None
+
+
 def return_limit_problems(folder: Path) -> list[str]:
     """Why ``folder`` could not come back whole from the device machine (empty: it can)."""
     files = [p for p in folder.rglob("*") if p.is_file()]
@@ -175,6 +182,7 @@ def pack_cohort(cohort: Cohort, options: CohortOptions) -> None:
         "rounds": cohort.rounds,
         "loader_wait_s": round(cohort.loader_wait_s, 1),
         "echoed_rounds": cohort.echoed,
+        "stages": [{"blur": kind, "from_round": start} for kind, start in cohort.stages],
         "wall_s": round(time.perf_counter() - options.started, 1),
     }
     write_bundle(models, options.out, extra=extra)
@@ -226,6 +234,7 @@ def cohort_run(plans: dict[str, dict[str, Any]], paths: Paths, options: CohortOp
         max_rounds=options.max_rounds,
         echo=cohort_plan.get("echo", 0),
         on_checkpoint=lambda c: pack_cohort(c, options),
+        first_stage=first_stage(cohort_plan),
     )
     cohort.seconds = max(1.0, deadline - time.perf_counter())  # building took a while
     built = time.perf_counter() - started

@@ -38,6 +38,8 @@ _COHORT_KEYS = {
     "checkpoint_minutes",
     "echo",
     "val_crops",
+    "first_degrade",
+    "first_share",
 }
 
 

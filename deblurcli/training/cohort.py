@@ -12,6 +12,10 @@ short calibration the rounds per second are measured and each member's ``steps``
 the rounds that fit the budget (re-estimated at every checkpoint). Members validate and
 export every ``checkpoint_s`` seconds and at the end, so a run cut short keeps its best
 weights; ``on_checkpoint`` is called after each, for example to pack the exports.
+
+``first_stage=(kind, share)`` is a curriculum: the first ``share`` of the time budget trains
+on ``kind`` blur (e.g. Gaussian, which every model learns quickly and keeps), the rest on
+the members' own ``degrade`` (docs/ablations.md, "Two stages").
 """
 
 from __future__ import annotations
@@ -159,6 +163,7 @@ class Cohort:
         max_rounds: int | None = None,
         echo: int = 0,
         on_checkpoint: Callable[[Cohort], None] | None = None,
+        first_stage: tuple[str, float] | None = None,
     ):
         if not configs:
             raise UsageError("a cohort needs at least one model")
@@ -171,7 +176,12 @@ class Cohort:
         self.on_checkpoint = on_checkpoint
         self.max_rounds = max_rounds  # a smoke run's cap; the clock is the real limit
         self.echo = echo
+        if first_stage is not None and not 0 <= first_stage[1] <= 1:
+            raise UsageError(f"a first stage's share must be in [0, 1], got {first_stage[1]}")
+        self.first_stage = first_stage
+        self.stages: list[tuple[str, int]] = []  # (blur kind, the round it started at)
         self.feed: _Feed | None = None
+        self._past_wait_s, self._past_echoed = 0.0, 0  # of the feeds of earlier stages
         self.errors: dict[str, str] = {}
         self.trainers: dict[str, Trainer] = {}
         for name, cfg in configs.items():
@@ -184,12 +194,24 @@ class Cohort:
     @property
     def loader_wait_s(self) -> float:
         """Seconds spent waiting for a fresh batch: the loader-bound share of the run."""
-        return self.feed.wait_s if self.feed is not None else 0.0
+        return self._past_wait_s + (self.feed.wait_s if self.feed is not None else 0.0)
 
     @property
     def echoed(self) -> int:
         """Rounds that reused a batch because the loader was behind."""
-        return self.feed.echoed if self.feed is not None else 0
+        return self._past_echoed + (self.feed.echoed if self.feed is not None else 0)
+
+    def _start_stage(self, kind: str | None) -> None:
+        """Feed the members ``kind`` blur from now on (None: their own ``degrade``)."""
+        first = next(iter(self.trainers.values()))
+        if self.feed is not None:
+            self.feed.close()  # its loader's workers go with it
+            self._past_wait_s += self.feed.wait_s
+            self._past_echoed += self.feed.echoed
+        kind = kind or first.cfg.degrade
+        self.stages.append((kind, self.rounds))
+        log.info("round %d: training on %s blur", self.rounds, kind)
+        self.feed = _Feed(first.batches(kind), first.device, self.echo)
 
     @property
     def active(self) -> dict[str, Trainer]:
@@ -249,12 +271,12 @@ class Cohort:
                 trainer.close()
 
     def _run(self) -> CohortResult:
-        first = next(iter(self.trainers.values()))
-        device = first.device
         for trainer in self.trainers.values():
             trainer.begin()
         self.started = time.perf_counter()
-        self.feed = _Feed(first.batches(), device, self.echo)
+        kind, share = self.first_stage or (None, 0.0)
+        self._start_stage(kind if share > 0 else None)
+        stage_end = share * self.seconds if kind is not None and share > 0 else None
         calibrated_at: tuple[float, int] | None = None
         next_checkpoint = self.checkpoint_s
         try:
@@ -262,6 +284,9 @@ class Cohort:
                 elapsed = time.perf_counter() - self.started
                 if self.rounds and elapsed + self.final_s >= self.seconds:
                     break  # after one round at least: every member has something to export
+                if stage_end is not None and self.rounds and elapsed >= stage_end:
+                    self._start_stage(None)
+                    stage_end = None
                 if calibrated_at is None and elapsed >= self.calibrate_s:
                     calibrated_at = (elapsed, self.rounds)  # after start-up and autotuning
                 due = elapsed >= next_checkpoint and elapsed + 2 * self.final_s < self.seconds
@@ -274,7 +299,8 @@ class Cohort:
                 if calibrated_at is not None and calibrated_at[1] == self.rounds - 1:
                     self._set_schedule(self.rounds / max(elapsed, 1e-9), elapsed)
         finally:
-            self.feed.close()  # the loader's workers go with it
+            if self.feed is not None:
+                self.feed.close()  # the loader's workers go with it
         seconds = time.perf_counter() - self.started
         self.checkpoint()
         results = {}

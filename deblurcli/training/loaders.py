@@ -65,6 +65,20 @@ def build_data(cfg: TrainConfig, multiple: int) -> RunData:
     return RunData(train_set, _val_set(cfg, val_examples, multiple, options), problems)
 
 
+def restaged(train_set: ds.PairDataset, degrade: str) -> ds.PairDataset:
+    """``train_set`` blurred on the fly with another kind at its default settings: a
+    curriculum's stage (the same photos, crops and sample keys, another blur)."""
+    if train_set.degrade is None:
+        raise UsageError("a blur stage needs sharp photos blurred on the fly (--degrade)")
+    return ds.PairDataset(
+        train_set.examples,
+        train_set.patch_size,
+        degrade=degrade,
+        seed=train_set.seed,
+        cache=train_set.cache is not None,
+    )
+
+
 def degrade_options(cfg: TrainConfig) -> Any:
     """The run's ``DegradeOptions`` (None: the defaults); its overrides need ``degrade``."""
     if not cfg.degrade_options:

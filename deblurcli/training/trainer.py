@@ -43,7 +43,7 @@ from deblurcli.training import state as run_state
 from deblurcli.training.batchnorm import batchnorm_layers, recompute_batchnorm_stats
 from deblurcli.training.config import DEFAULT_EVERY, TrainConfig, TrainResult, check_numbers
 from deblurcli.training.learner import Learner
-from deblurcli.training.loaders import build_data, train_batches
+from deblurcli.training.loaders import build_data, restaged, train_batches
 from deblurcli.training.precision import Precision, resolve
 from deblurcli.training.progress import ProgressBar
 from deblurcli.training.recipes import LossTerm, Recipe, override, recipe_for_arch
@@ -429,9 +429,14 @@ class Trainer:
     def _patches_per_step(self) -> int:
         return self.cfg.batch_size * self.dist.world
 
-    def batches(self) -> Iterator[Any]:
-        """The endless stream of training batches (``(blurred, sharp, skipped)``)."""
-        return self._loader()
+    def batches(self, degrade: str | None = None) -> Iterator[Any]:
+        """The endless stream of training batches (``(blurred, sharp, skipped)``);
+        ``degrade``: another on-the-fly blur kind than the run's (a curriculum's stage)."""
+        if degrade is None or degrade == self.cfg.degrade:
+            return self._loader()
+        pin = self.device.type == "cuda"
+        stage = restaged(self.train_set, degrade)
+        return train_batches(stage, self.cfg, step=self.step, dist=self.dist, pin=pin)
 
     def advance(self, batch: tuple[torch.Tensor, torch.Tensor, Any]) -> dict[str, float]:
         """One step on ``batch`` with its bookkeeping (problems, patches/s, train log)."""
