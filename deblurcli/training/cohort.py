@@ -208,10 +208,11 @@ class Cohort:
             self.feed.close()  # its loader's workers go with it
             self._past_wait_s += self.feed.wait_s
             self._past_echoed += self.feed.echoed
+        batches = first.batches() if kind is None else first.batches(kind)
         kind = kind or first.cfg.degrade
         self.stages.append((kind, self.rounds))
         log.info("round %d: training on %s blur", self.rounds, kind)
-        self.feed = _Feed(first.batches(kind), first.device, self.echo)
+        self.feed = _Feed(batches, first.device, self.echo)
 
     @property
     def active(self) -> dict[str, Trainer]:
