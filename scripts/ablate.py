@@ -72,6 +72,7 @@ TRAIN_KEYS = {
     "init",
     "val_crops",
     "adversarial",
+    "freeze_bn",
 }
 PLAN_KEYS = TRAIN_KEYS | {"name", "note", "threads", "nice"}
 
@@ -111,11 +112,14 @@ def train_command(variant: dict[str, Any], run: Path, train: Path, val: Path) ->
     """The variant's ``deblur train`` command, writing into ``run``."""
     cmd = ["train", "--arch", variant["arch"], "--data", str(train), "--val", str(val)]
     cmd += ["--out", str(run), "--workers", "0"]
-    for key in sorted(TRAIN_KEYS - {"arch", "config", "degrade_options", "adversarial"}):
+    flags = {"adversarial", "freeze_bn"}
+    for key in sorted(TRAIN_KEYS - {"arch", "config", "degrade_options"} - flags):
         if variant.get(key) is not None:
             cmd += [f"--{key.replace('_', '-')}", str(variant[key])]
     if variant.get("adversarial") is False:
         cmd.append("--no-adversarial")
+    if variant.get("freeze_bn"):
+        cmd.append("--freeze-bn")
     every = str(variant.get("val_every") or variant["steps"])
     cmd += ["--ckpt-every", every]
     cmd += config_args(variant.get("degrade_options", {}), "--degrade-option")

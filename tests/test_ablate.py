@@ -64,6 +64,12 @@ def test_variant_merges_defaults_and_config(tmp_path: Path):
     cmd = ab.train_command(b, Path("out"), Path("t"), Path("v"))
     assert cmd[cmd.index("--warmup") + 1] == "3" and "deblur_blocks=4" in cmd
     assert "--warmup" not in ab.train_command(a, Path("out"), Path("t"), Path("v"))
+    assert "--no-adversarial" not in cmd and "--freeze-bn" not in cmd
+    flagged = ab.train_command(
+        {**b, "adversarial": False, "freeze_bn": True}, Path("o"), Path("t"), Path("v")
+    )
+    assert "--no-adversarial" in flagged and "--freeze-bn" in flagged
+    assert "True" not in flagged and "False" not in flagged  # flags, not option values
     b["degrade_options"] = {"mix_noise_prob": 0, "gaussian_sigma": [1, 3]}
     cmd = ab.train_command(b, Path("out"), Path("t"), Path("v"))
     shown = " ".join(cmd)
