@@ -69,7 +69,9 @@ def restaged(train_set: ds.PairDataset, degrade: str) -> ds.PairDataset:
     """``train_set`` blurred on the fly with another kind at its default settings: a
     curriculum's stage (the same photos, crops and sample keys, another blur)."""
     if train_set.degrade is None:
-        raise UsageError("a blur stage needs sharp photos blurred on the fly (--degrade)")
+        raise UsageError(
+            "a blur stage needs sharp photos blurred on the fly ({option})", option="degrade"
+        )
     return ds.PairDataset(
         train_set.examples,
         train_set.patch_size,
