@@ -9,12 +9,12 @@ that run's steps too, and the recipe chains every stage's command, oldest first 
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 from pathlib import Path
 from typing import Any
 
+from deblurcli.imageio import atomic_path
 from deblurcli.pretraining.commands import config_args, read_result
 from deblurcli.pretraining.describe import crops_text, dataset_text
 from deblurcli.training.trainer import RESULT_NAME
@@ -114,8 +114,8 @@ def run_results(given: dict[str, Path], runs: Path) -> dict[str, dict[str, Any]]
         run = runs / arch
         run.mkdir(parents=True, exist_ok=True)
         for name in ("model.safetensors", CONFIG_NAME):
-            shutil.copyfile(source / name, run / f".{name}.part")
-            os.replace(run / f".{name}.part", run / name)
+            with atomic_path(run / name) as tmp:
+                shutil.copyfile(source / name, tmp)
         results[arch] = {
             "step": sum(result["step"] for _, result in stages),
             "patches": sum(result["step"] * s["config"]["batch_size"] for s, result in stages),

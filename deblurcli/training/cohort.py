@@ -178,7 +178,7 @@ class Cohort:
         self.echo = echo
         if first_stage is not None and not 0 <= first_stage[1] <= 1:
             raise UsageError(f"a first stage's share must be in [0, 1], got {first_stage[1]}")
-        self.first_stage = first_stage
+        self.first_stage = first_stage if first_stage and first_stage[1] > 0 else None
         self.stages: list[tuple[str, int]] = []  # (blur kind, the round it started at)
         self.feed: _Feed | None = None
         self._past_wait_s, self._past_echoed = 0.0, 0  # of the feeds of earlier stages
@@ -275,9 +275,9 @@ class Cohort:
         for trainer in self.trainers.values():
             trainer.begin()
         self.started = time.perf_counter()
-        kind, share = self.first_stage or (None, 0.0)
-        self._start_stage(kind if share > 0 else None)
-        stage_end = share * self.seconds if kind is not None and share > 0 else None
+        kind, share = self.first_stage or (None, None)
+        self._start_stage(kind)
+        stage_end = None if share is None else share * self.seconds
         calibrated_at: tuple[float, int] | None = None
         next_checkpoint = self.checkpoint_s
         try:

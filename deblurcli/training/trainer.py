@@ -206,9 +206,11 @@ class Trainer:
             self._restore(self.state)
         self.metrics = MetricsLog(self.run_dir, self.step if self.state is not None else None)
 
-    def _loader(self) -> Iterator[Any]:
+    def _loader(self, data: Any = None) -> Iterator[Any]:
+        """Batches of ``data`` (default: the run's training set) from the current step on."""
         pin = self.device.type == "cuda"
-        return train_batches(self.train_set, self.cfg, step=self.step, dist=self.dist, pin=pin)
+        data = self.train_set if data is None else data
+        return train_batches(data, self.cfg, step=self.step, dist=self.dist, pin=pin)
 
     # ---------------------------------------------------------------- state
     def _state_path(self) -> Path:
@@ -434,9 +436,7 @@ class Trainer:
         ``degrade``: another on-the-fly blur kind than the run's (a curriculum's stage)."""
         if degrade is None or degrade == self.cfg.degrade:
             return self._loader()
-        pin = self.device.type == "cuda"
-        stage = restaged(self.train_set, degrade)
-        return train_batches(stage, self.cfg, step=self.step, dist=self.dist, pin=pin)
+        return self._loader(restaged(self.train_set, degrade))
 
     def advance(self, batch: tuple[torch.Tensor, torch.Tensor, Any]) -> dict[str, float]:
         """One step on ``batch`` with its bookkeeping (problems, patches/s, train log)."""
