@@ -42,6 +42,7 @@ from deblurcli.pretraining.commands import (
     run_logged,
     shown,
 )
+from deblurcli.pretraining.from_run import LEARNING_OPTIONS
 from deblurcli.training.trainer import RESULT_NAME
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,25 +53,12 @@ TABLE_START, TABLE_END = "<!-- ablation table: start -->", "<!-- ablation table:
 # eval of its own: the benchmark's unsharp row stays the one the quality bars compare with.
 EVALS = {"eval": (), "eval_camera": ("camera",)}  # report folder: --benchmark-family values
 # Keys a variant may set; every one but name/note maps to a `deblur train` option.
-TRAIN_KEYS = {
+TRAIN_KEYS = (set(LEARNING_OPTIONS) - {"data", "val"}) | {
     "arch",
     "config",
-    "degrade",
     "degrade_options",
-    "patch_size",
-    "batch_size",
-    "steps",
-    "lr",
-    "loss",
-    "schedule",
-    "warmup",
-    "grad_clip",
-    "seed",
-    "precision",
-    "val_every",
     "width",
     "init",
-    "val_crops",
     "adversarial",
     "freeze_bn",
 }

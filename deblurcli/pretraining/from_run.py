@@ -22,7 +22,7 @@ from deblurcli.weights import sha256_file
 
 CONFIG_NAME = "config.json"
 # `deblur train` options that decide what a run learns, in the order a command shows them.
-_OPTIONS = (
+LEARNING_OPTIONS = (
     "data",
     "val",
     "degrade",
@@ -68,7 +68,7 @@ def stage_command(saved: dict[str, Any]) -> str:
     """The ``deblur train`` command of a saved run config (the options that decide it)."""
     cfg = saved["config"]
     args = ["deblur", "train", "--arch", cfg["arch"]]
-    for key in _OPTIONS:
+    for key in LEARNING_OPTIONS:
         if cfg.get(key) is not None:
             args += [f"--{key.replace('_', '-')}", str(cfg[key])]
     args += config_args(cfg.get("degrade_options") or {}, "--degrade-option")
