@@ -587,3 +587,27 @@ def test_without_native_bf16_the_keys_stay_only_for_unchanged_weights(
     assert changed.cpu_bf16 is None and changed.cpu_bf16_psnr_delta is None
     assert "[simplecnn] cpu_bf16 left out" in out
     assert load_model("simplecnn", manifest=manifest).cpu_bf16 is None  # fp32 under auto
+
+
+def _run_folder(folder: Path, batch_size: int, steps: int, rate: float, init: Path | None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(folder.name.encode())
+    config = {"arch": "simplecnn", "batch_size": batch_size, "patch_size": 64, "data": None}
+    saved = {"config": config}
+    if init is not None:
+        saved["init"] = {"file": str(init), "sha256": _sha256(init)}
+    (folder / "config.json").write_text(json.dumps(saved), encoding="utf-8")
+    result = {"step": steps, "patches_per_s": rate, "best_psnr": 30.0, "precision": "fp32"}
+    (folder / "result.json").write_text(json.dumps(result), encoding="utf-8")
+    return folder
+
+
+def test_from_run_rate_is_over_the_whole_chain(tmp_path):
+    from deblurcli.pretraining.from_run import run_results
+
+    # 800 patches at 10/s, then a short stage of 640 at 100/s: 1,440 patches in 86.4 s.
+    first = _run_folder(tmp_path / "a", 8, 100, 10.0, None)
+    second = _run_folder(tmp_path / "b", 64, 10, 100.0, first / "model.safetensors")
+    figures = run_results({"simplecnn": second}, tmp_path / "runs")["simplecnn"]
+    assert (figures["step"], figures["patches"]) == (110, 1440)
+    assert figures["patches_per_s"] == round(1440 / 86.4, 1)

@@ -116,10 +116,15 @@ def run_results(given: dict[str, Path], runs: Path) -> dict[str, dict[str, Any]]
         for name in ("model.safetensors", CONFIG_NAME):
             with atomic_path(run / name) as tmp:
                 shutil.copyfile(source / name, tmp)
+        patches = [result["step"] * s["config"]["batch_size"] for s, result in stages]
+        seconds = sum(
+            p / result["patches_per_s"] for p, (_, result) in zip(patches, stages, strict=True)
+        )
         results[arch] = {
             "step": sum(result["step"] for _, result in stages),
-            "patches": sum(result["step"] * s["config"]["batch_size"] for s, result in stages),
-            "patches_per_s": round(last["patches_per_s"], 1),
+            "patches": sum(patches),
+            # over the whole chain, as "patches" is: the last stage alone may be a short one
+            "patches_per_s": round(sum(patches) / seconds, 1),
             "best_psnr": last["best_psnr"],
             "precision": last["precision"],
             # run folders from before the device was recorded ran on the CPU
