@@ -43,6 +43,7 @@ from deblurcli.pretraining.commands import (
     shown,
 )
 from deblurcli.pretraining.from_run import LEARNING_OPTIONS
+from deblurcli.training.state import state_path
 from deblurcli.training.trainer import RESULT_NAME
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,6 +115,16 @@ def train_command(variant: dict[str, Any], run: Path, train: Path, val: Path) ->
     return deblur_cmd(*cmd, *config_args(variant["config"]), "--json")
 
 
+def resumed(cmd: list[str], run: Path) -> list[str]:
+    """``cmd`` continuing the interrupted training in ``run``, if there is one, exactly."""
+    if not state_path(run).is_file():
+        return cmd
+    if "--init" in cmd:  # the run's checkpoint holds the model now
+        i = cmd.index("--init")
+        cmd = cmd[:i] + cmd[i + 2 :]
+    return [*cmd, "--resume"]
+
+
 def eval_command(
     model: Path, photos: Path, cache: Path | None, report: Path, families: tuple[str, ...] = ()
 ) -> list[str]:
@@ -147,7 +158,7 @@ def run_variant(
         return json.loads(result_path.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     log, threads, nice = folder / "log.txt", int(variant.get("threads", 1)), variant.get("nice", 5)
-    cmd = train_command(variant, folder / "run", train, val)
+    cmd = resumed(train_command(variant, folder / "run", train, val), folder / "run")
     trained_path = folder / "train.json"  # a finished training is not repeated for the score
     if not trained_path.is_file():
         start = time.perf_counter()

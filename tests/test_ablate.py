@@ -183,6 +183,17 @@ def test_tiny_ablation_end_to_end(tmp_path: Path):
     assert cont.returncode == 0, cont.stderr
     trained = json.loads((tmp_path / "runs" / "cont" / "train.json").read_text())
     assert trained["init"]["model"] == str(tmp_path / "runs" / "base" / "run" / "last.safetensors")
+    # A training cut off before its result (the session ended) resumes, without its --init.
+    for name in ("train.json", "result.json"):
+        (tmp_path / "runs" / "cont" / name).unlink()
+    resumed = subprocess.run(
+        [sys.executable, *args, "--only", "cont"], capture_output=True, text=True, env=env
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    log = (tmp_path / "runs" / "cont" / "log.txt").read_text()
+    last = log.split("$ ")[-3].splitlines()[0]  # the train command, before the two evals'
+    assert last.endswith("--json --resume") and "--init" not in last
+    assert (tmp_path / "runs" / "cont" / "result.json").is_file()
 
 
 def test_relative_init_is_under_the_runs_folder():
